@@ -1,0 +1,9 @@
+"""timm-r2kd: R2KD knowledge distillation for timm models."""
+from .losses import (
+    DISTLoss, DistillLoss, KLDistillLoss, R2KDLoss, create_distill_loss, list_distill_losses, rank_distance,
+    value_distance,
+)
+from .ranking import hard_rank, soft_rank, spearman
+from .task import R2KDTask
+from .teacher import PrunedTeacher, l1_prune
+from .version import __version__
