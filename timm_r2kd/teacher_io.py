@@ -1,0 +1,128 @@
+"""Creating and checking teachers for the trainer: safe weight loading and clear failures."""
+import logging
+import os
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from timm.models import create_model, is_model, load_state_dict
+from timm.utils.checkpoint_saver import load_checkpoint_metadata
+
+_logger = logging.getLogger(__name__)
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be used as given; the message says how to fix it."""
+
+
+def load_weights(model: nn.Module, checkpoint_path: str, what: str = 'teacher') -> None:
+    """Load a timm/torch checkpoint or a .safetensors file into ``model``, strictly.
+
+    Pickled checkpoints are read with ``weights_only=True`` (never arbitrary objects).
+
+    Args:
+        model: Model to load into.
+        checkpoint_path: File path.
+        what: Name used in error messages.
+    """
+    if not os.path.isfile(checkpoint_path):
+        raise TeacherError(f"The {what} checkpoint '{checkpoint_path}' does not exist.")
+    try:
+        state_dict = load_state_dict(checkpoint_path, use_ema=False, weights_only=True)
+    except Exception as e:  # truncated zip, bad safetensors header, foreign pickles, ...
+        raise TeacherError(
+            f"Could not read the {what} checkpoint '{checkpoint_path}': {type(e).__name__}: {e}. It may be "
+            f"truncated or not a checkpoint; re-copy it or re-export it (torch.save of a state_dict, or "
+            f"safetensors).") from e
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise TeacherError(f"The {what} checkpoint '{checkpoint_path}' holds no state_dict of tensors.")
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in own)
+    mismatched = sorted(
+        f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}'
+        for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape)
+    if missing or unexpected or mismatched:
+        def _few(keys):
+            return ', '.join(keys[:5]) + (f' and {len(keys) - 5} more' if len(keys) > 5 else '')
+        details = '; '.join(
+            f'{label}: {_few(keys)}' for label, keys in
+            (('missing', missing), ('unexpected', unexpected), ('shape mismatch (file vs model)', mismatched))
+            if keys)
+        raise TeacherError(
+            f"The {what} checkpoint '{checkpoint_path}' does not fit {type(model).__name__}"
+            f" ({details}). Was it trained as another architecture or with another --num-classes/--in-chans?")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def create_teacher_model(
+        name: str,
+        num_classes: int,
+        in_chans: int,
+        checkpoint_path: Optional[str] = None,
+        pretrained: Optional[bool] = None,
+        **kwargs,
+) -> nn.Module:
+    """Create a teacher by timm name (or hf-hub:/local-dir:) and load its weights.
+
+    Args:
+        name: Model name.
+        num_classes: Classes of the student (the teacher must match).
+        in_chans: Input channels.
+        checkpoint_path: Weights to load (timm/torch checkpoint or safetensors).
+        pretrained: Load pretrained weights; default: only when no checkpoint is given.
+        **kwargs: Passed to ``timm.create_model``.
+    """
+    if pretrained is None:
+        pretrained = checkpoint_path is None
+    prefixed = name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:'))
+    if not prefixed and not is_model(name):
+        raise TeacherError(f"Unknown teacher model '{name}'. List names with timm.list_models('*pattern*').")
+    try:
+        model = create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except Exception as e:
+        if pretrained:
+            raise TeacherError(
+                f"Could not create teacher '{name}' with pretrained weights ({type(e).__name__}: {e}). Without "
+                f"network access, train a teacher first and pass --teacher-checkpoint PATH, or use "
+                f"--no-teacher-pretrained for a random teacher (testing only).") from e
+        raise TeacherError(f"Could not create teacher '{name}': {type(e).__name__}: {e}") from e
+    if checkpoint_path:
+        load_weights(model, checkpoint_path)
+    teacher_classes = getattr(model, 'num_classes', num_classes)
+    if teacher_classes != num_classes:
+        raise TeacherError(
+            f"Teacher '{name}' has {teacher_classes} classes but the student has {num_classes}.")
+    return model
+
+
+def checkpoint_normalization(checkpoint_path: Optional[str]) -> Optional[Tuple[tuple, tuple]]:
+    """(mean, std) a checkpoint written by train_r2kd (or timm with --mean/--std) was trained with.
+
+    Read from the checkpoint's ``args`` with ``weights_only=True``; None for files without them
+    (safetensors, plain state dicts, timm checkpoints without explicit normalisation).
+    """
+    if not checkpoint_path or checkpoint_path.endswith('.safetensors') or not os.path.isfile(checkpoint_path):
+        return None
+    try:
+        checkpoint = load_checkpoint_metadata(checkpoint_path)
+    except Exception:  # unreadable files are reported by load_weights
+        return None
+    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    mean, std = getattr(args, 'mean', None), getattr(args, 'std', None)
+    if mean is None or std is None:
+        return None
+    return tuple(mean), tuple(std)
+
+
+def is_weak(top1: float, num_classes: int) -> bool:
+    """True when a top-1 accuracy (percent) is below twice chance: a random head or the wrong classes."""
+    return top1 < 2 * 100. / num_classes
+
+
+def match_channels(values: Sequence[float], channels: int) -> tuple:
+    """Per-channel normalisation values for ``channels`` channels (averaged when the count differs)."""
+    values = tuple(float(v) for v in values)
+    if len(values) == channels:
+        return values
+    return (sum(values) / len(values),) * channels
