@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test clean
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: install data test clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +19,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# Fashion-MNIST from Debian (the end-to-end tests and the demo use it); needs root and apt-get.
+data:
+	@test -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else \
+	    echo "Fashion-MNIST not found in $(FMNIST_DIR): run 'sudo apt-get install dataset-fashion-mnist'" \
+	         "(end-to-end tests are skipped without it)"; \
+	  fi; }
+
+test: install data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -50,10 +50,30 @@ def pearson_distance(u: torch.Tensor, v: torch.Tensor, dim: int = -1) -> torch.T
     return 1 - dot / (norms + _COSINE_EPS)
 
 
+class _GatherBatch(torch.autograd.Function):
+    """Concatenate a tensor over all processes along dim 0 (equal sizes), with gradient.
+
+    Every process computes the same loss from the gathered batch, so the gradient of its own
+    slice is the sum over processes of their gradients for that slice (all-reduce, then slice);
+    DDP's averaging of parameter gradients then yields the single-process gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.size = dist.get_rank(), x.shape[0]
+        chunks = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(chunks, x.contiguous())
+        return torch.cat(chunks, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
 def _gather_batch(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` over all processes along dim 0, with gradient to the local slice."""
-    from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(x), dim=0)
+    return _GatherBatch.apply(x)
 
 
 def _use_global_batch(scope: str) -> bool:

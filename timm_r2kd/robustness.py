@@ -7,13 +7,14 @@ moderate severity each, fixed so numbers compare across runs:
 * gaussian_noise: additive N(0, 0.08^2) per pixel (seeded per batch), clipped to [0, 1];
 * blur: Gaussian blur, sigma 1.0 px (kernel 5);
 * contrast: pixels pulled 60 % of the way to each image's mean;
-* jpeg: real JPEG round trip at quality 20 (torchvision.io, on the CPU).
+* jpeg: real JPEG round trip at quality 20 (Pillow, on the CPU).
 """
+import io
 from typing import Callable, Dict, Sequence
 
 import torch
 import torchvision.transforms.functional as TF
-from torchvision.io import decode_jpeg, encode_jpeg
+from PIL import Image
 
 CORRUPTIONS = ('gaussian_noise', 'blur', 'contrast', 'jpeg')
 
@@ -35,7 +36,12 @@ def _contrast(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 def _jpeg(x: torch.Tensor, seed: int) -> torch.Tensor:
     pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    decoded = [decode_jpeg(encode_jpeg(img, quality=20)) for img in pixels]
+    decoded = []
+    for img in pixels:
+        buffer = io.BytesIO()
+        TF.to_pil_image(img).save(buffer, format='JPEG', quality=20)
+        buffer.seek(0)
+        decoded.append(TF.pil_to_tensor(Image.open(buffer)))
     return torch.stack(decoded).to(device=x.device, dtype=x.dtype) / 255
 
 

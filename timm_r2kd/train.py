@@ -865,7 +865,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
                 lrs = [group['lr'] for group in optimizer.param_groups]
                 utils.update_summary(
                     epoch, train_metrics, eval_metrics, filename=os.path.join(output_dir, 'summary.csv'),
-                    lr=sum(lrs) / len(lrs), write_header=epoch == start_epoch and not results,
+                    lr=sum(lrs) / len(lrs), write_header=None,
                     log_wandb=args.log_wandb and has_wandb)
             latest_metric = (eval_metrics or train_metrics)[eval_metric]
             if saver is not None:
