@@ -102,3 +102,13 @@ def test_bad_arguments(kwargs, match):
 def test_model_without_prunable_layers():
     with pytest.raises(ValueError, match='no Conv or Linear'):
         PrunedTeacher(nn.Sequential(nn.Flatten(), nn.Identity()))
+
+
+def test_pruning_channels_last_weights():
+    model = _teacher_model().to(memory_format=torch.channels_last)
+    reference = l1_prune(copy.deepcopy(model).to(memory_format=torch.contiguous_format), 0.1)
+    l1_prune(model, 0.1)
+    conv = model.conv1[0] if isinstance(model.conv1, nn.Sequential) else model.conv1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for (m, _), (r, _) in zip(prunable_weights(model), prunable_weights(reference)):
+        torch.testing.assert_close(m.weight, r.weight)

@@ -46,13 +46,19 @@ def l1_prune(model: nn.Module, rate: float, scope: str = 'layer') -> nn.Module:
         raise ValueError(f'{type(model).__name__} has no Conv or Linear layer to prune.')
     if rate == 0:
         return model
+    # torch's pruning flattens weights with .view(), which channels_last weights do not allow
+    channels_last = [module.weight.dim() == 4 and not module.weight.is_contiguous() for module, _ in targets]
+    for module, _ in targets:
+        module.weight.data = module.weight.data.contiguous()
     if scope == 'layer':
         for module, name in targets:
             prune.l1_unstructured(module, name, amount=rate)
     else:
         prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=rate)
-    for module, name in targets:
+    for (module, name), was_channels_last in zip(targets, channels_last):
         prune.remove(module, name)  # bake the mask into the weight, drop the reparametrization
+        if was_channels_last:
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
     return model
 
 

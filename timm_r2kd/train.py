@@ -189,8 +189,6 @@ def _build_teacher(args, data_config: Dict[str, Any], device: torch.device, mode
     cfg.update(mean=match_channels(mean, in_chans), std=match_channels(std, in_chans))
     model.pretrained_cfg = cfg
     model.to(device=device, dtype=model_dtype)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
     if args.kd_loss == 'r2kd' and args.kd_distill_type == 'logit':
         teacher = PrunedTeacher(
             model, prune_rate=args.prune_rate, teacher_weight=args.prune_weight, prune_scope=args.prune_scope,
@@ -199,6 +197,8 @@ def _build_teacher(args, data_config: Dict[str, Any], device: torch.device, mode
         teacher = DistillationTeacher(model, device=device, dtype=model_dtype)
     if args.teacher_fuse_bn:
         _fuse_teacher_bn(teacher, args)
+    if args.channels_last:
+        teacher.to(memory_format=torch.channels_last)
     return teacher.to(device)
 
 
