@@ -76,7 +76,7 @@ def test_distil_with_each_loss(tmp_path, teacher_ckpt, kd_loss):
     summary = main(_base(tmp_path, kd_loss, '--model', 'test_resnet', '--teacher', 'resnet10t',
                          '--teacher-checkpoint', teacher_ckpt, '--kd-loss', kd_loss))
     out = Path(summary['output_dir'])
-    assert {'args.yaml', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar', 'teacher.json'} <= \
+    assert {'args.yaml', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar', 'run.json'} <= \
         {p.name for p in out.iterdir()}
     train = summary['results'][0]['train']
     assert train['kd_loss'] > 0 and train['task_loss'] > 0

@@ -313,6 +313,20 @@ def _r2kd_args(parser: argparse.ArgumentParser) -> None:
                    help='no progress bar on a terminal (log lines only)')
 
 
+def _hub_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group('Hugging Face Hub export')
+    g.add_argument('--push-to-hub', default=None, metavar='REPO_ID',
+                   help='after training, push the best student (EMA when it scored higher) to this model repo')
+    g.add_argument('--hub-private', action='store_true', default=False, help='create the repo as private')
+    g.add_argument('--hub-revision', default=None, metavar='BRANCH', help='branch to push to')
+    g.add_argument('--hub-token-env', default=None, metavar='NAME',
+                   help='environment variable holding the token (default: huggingface_hub\'s own login)')
+    g.add_argument('--hub-timeout', type=float, default=1800., metavar='SECONDS',
+                   help='seconds the push may take before it is abandoned (the export stays)')
+    g.add_argument('--save-hf', default=None, metavar='DIR',
+                   help='write the Hub folder (safetensors, config.json, model card) here after training')
+
+
 def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """(config parser, main parser) for train_r2kd.py."""
     config_parser = argparse.ArgumentParser(description='Training config', add_help=False)
@@ -323,7 +337,7 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         parents=[config_parser],
     )
     for add in (_dataset_args, _model_args, _device_args, _optimizer_args, _schedule_args, _augment_args,
-                _misc_args, _timm_kd_args, _r2kd_args):
+                _misc_args, _timm_kd_args, _r2kd_args, _hub_args):
         add(parser)
     return config_parser, parser
 

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Dict, List, Optional
 
+import timm
 import torch
 import torch.nn as nn
 import torchvision.utils
@@ -35,12 +37,14 @@ from timm.utils import NativeScaler
 
 from .args import parse_args
 from .data import create_r2kd_dataset, dataset_label_names
+from .hub import HubPushError, push_folder, resolve_token, save_hf
 from .losses import create_distill_loss
 from .progress import ProgressBar
 from .robustness import CORRUPTIONS, corrupt
 from .task import R2KDTask
 from .teacher import PrunedTeacher
 from .teacher_io import TeacherError, checkpoint_normalization, create_teacher_model, is_weak, match_channels
+from .version import __version__
 from .views import BATCH_VIEWS, IMAGE_VIEWS, ViewDataset, create_batch_view, create_image_view
 
 _logger = logging.getLogger('train_r2kd')
@@ -545,6 +549,20 @@ def _set_loader_epoch(loader, epoch: int) -> None:
         loader.sampler.set_epoch(epoch)
 
 
+def _export(args, output_dir: str) -> str:
+    """Write the Hub folder for the best checkpoint and push it if asked; returns the folder."""
+    best = os.path.join(output_dir, 'model_best.pth.tar')
+    checkpoint = best if os.path.isfile(best) else os.path.join(output_dir, 'last.pth.tar')
+    folder = args.save_hf or os.path.join(output_dir, 'hf_export')
+    save_hf(checkpoint, folder, repo_name=args.push_to_hub)
+    _logger.info(f'Hub folder written to {folder}')
+    if args.push_to_hub:
+        url = push_folder(folder, args.push_to_hub, token=resolve_token(args.hub_token_env),
+                          private=args.hub_private, revision=args.hub_revision, timeout=args.hub_timeout)
+        _logger.info(f'Pushed the student to {url}')
+    return folder
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run training from command-line style arguments; returns a summary of the run.
 
@@ -557,17 +575,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """
     utils.setup_default_logging()
     args, args_text = parse_args(argv)
+    command = 'python train_r2kd.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
-        return _main(args, args_text)
+        return _main(args, args_text, command)
     except (UsageError, TeacherError) as e:
         _logger.error(str(e))
         raise SystemExit(2) from e
     except NonFiniteLossError as e:
         _logger.error(str(e))
         raise SystemExit(3) from e
+    except HubPushError as e:
+        _logger.error(str(e))
+        raise SystemExit(4) from e
 
 
-def _main(args, args_text: str) -> Dict[str, Any]:
+def _main(args, args_text: str, command: str) -> Dict[str, Any]:
     if args.device_modules:
         import importlib
         for module in args.device_modules:
@@ -810,9 +832,11 @@ def _main(args, args_text: str) -> Dict[str, Any]:
             saver.load_state_dict_from_checkpoint(args.resume)
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             f.write(args_text)
-        if teacher_metrics:
-            with open(os.path.join(output_dir, 'teacher.json'), 'w') as f:
-                json.dump(teacher_metrics, f, indent=2)
+        run_info = dict(command=command, label_names=label_names, teacher=teacher_metrics,
+                        data_config={k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+                        versions=dict(timm_r2kd=__version__, timm=timm.__version__, torch=torch.__version__))
+        with open(os.path.join(output_dir, 'run.json'), 'w') as f:
+            json.dump(run_info, f, indent=2)
         if args.log_wandb:
             if has_wandb:
                 wandb.init(project=args.wandb_project, name=exp_name, config=args, tags=args.wandb_tags,
@@ -881,7 +905,10 @@ def _main(args, args_text: str) -> Dict[str, Any]:
 
     if best_metric is not None:
         _logger.info(f'*** Best metric: {best_metric} (epoch {best_epoch})')
-    summary = dict(output_dir=output_dir, best_metric=best_metric, best_epoch=best_epoch, results=results,
+    export_dir = None
+    if output_dir is not None and results and (args.save_hf or args.push_to_hub):
+        export_dir = _export(args, output_dir)
+    summary = dict(output_dir=output_dir, export_dir=export_dir, best_metric=best_metric, best_epoch=best_epoch, results=results,
                    teacher=teacher_metrics, label_names=label_names, data_config=data_config, args=vars(args))
     if utils.is_primary(args):
         print(f'--result\n{json.dumps(results[-10:], indent=4)}')
