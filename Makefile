@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install data test clean
+.PHONY: install data test demo clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ data:
 
 test: install data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The embedded default: teacher, R2KD student and the student alone on Fashion-MNIST, CPU only.
+demo: install data
+	$(PY) -m timm_r2kd.demo
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

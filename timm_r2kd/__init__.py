@@ -1,4 +1,5 @@
 """timm-r2kd: R2KD knowledge distillation for timm models."""
+from . import models  # registers the CIFAR architectures with timm
 from .losses import (
     DISTLoss, DistillLoss, KLDistillLoss, R2KDLoss, create_distill_loss, list_distill_losses, rank_distance,
     value_distance,

@@ -1,12 +1,16 @@
 """Creating and checking teachers for the trainer: safe weight loading and clear failures."""
+import argparse
 import logging
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
+import safetensors.torch
 import torch
 import torch.nn as nn
-from timm.models import create_model, is_model, load_state_dict
+from timm.models import create_model, is_model
 from timm.utils.checkpoint_saver import load_checkpoint_metadata
+
+from .models.convert import convert_kd_checkpoint
 
 _logger = logging.getLogger(__name__)
 
@@ -15,10 +19,20 @@ class TeacherError(ValueError):
     """A teacher that cannot be used as given; the message says how to fix it."""
 
 
+def _read_checkpoint(path: str) -> Any:
+    if path.endswith('.safetensors'):
+        return safetensors.torch.load_file(path, device='cpu')
+    # timm training checkpoints store their args as an argparse.Namespace, the one object allowed
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
 def load_weights(model: nn.Module, checkpoint_path: str, what: str = 'teacher') -> None:
     """Load a timm/torch checkpoint or a .safetensors file into ``model``, strictly.
 
-    Pickled checkpoints are read with ``weights_only=True`` (never arbitrary objects).
+    Pickled checkpoints are read with ``weights_only=True`` (never arbitrary objects). The state
+    dict may sit under 'state_dict' (timm), 'model' (RepDistiller/mdistiller) or 'net', with or
+    without a DataParallel 'module.' prefix (see ``timm_r2kd.models.convert_kd_checkpoint``).
 
     Args:
         model: Model to load into.
@@ -28,30 +42,18 @@ def load_weights(model: nn.Module, checkpoint_path: str, what: str = 'teacher') 
     if not os.path.isfile(checkpoint_path):
         raise TeacherError(f"The {what} checkpoint '{checkpoint_path}' does not exist.")
     try:
-        state_dict = load_state_dict(checkpoint_path, use_ema=False, weights_only=True)
-    except Exception as e:  # truncated zip, bad safetensors header, foreign pickles, ...
+        checkpoint = _read_checkpoint(checkpoint_path)
+    except Exception as e:  # truncated zip, bad safetensors header, pickled objects refused, ...
         raise TeacherError(
             f"Could not read the {what} checkpoint '{checkpoint_path}': {type(e).__name__}: {e}. It may be "
-            f"truncated or not a checkpoint; re-copy it or re-export it (torch.save of a state_dict, or "
-            f"safetensors).") from e
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise TeacherError(f"The {what} checkpoint '{checkpoint_path}' holds no state_dict of tensors.")
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in own)
-    mismatched = sorted(
-        f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}'
-        for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape)
-    if missing or unexpected or mismatched:
-        def _few(keys):
-            return ', '.join(keys[:5]) + (f' and {len(keys) - 5} more' if len(keys) > 5 else '')
-        details = '; '.join(
-            f'{label}: {_few(keys)}' for label, keys in
-            (('missing', missing), ('unexpected', unexpected), ('shape mismatch (file vs model)', mismatched))
-            if keys)
+            f"truncated or not a checkpoint, or hold pickled objects that are never loaded; re-copy it or "
+            f"re-export its state_dict (torch.save or safetensors).") from e
+    try:
+        state_dict = convert_kd_checkpoint(checkpoint, model)
+    except ValueError as e:
         raise TeacherError(
-            f"The {what} checkpoint '{checkpoint_path}' does not fit {type(model).__name__}"
-            f" ({details}). Was it trained as another architecture or with another --num-classes/--in-chans?")
+            f"The {what} checkpoint '{checkpoint_path}' does not fit {type(model).__name__}: {e} Was it trained "
+            f"as another architecture or with another --num-classes/--in-chans?") from e
     model.load_state_dict(state_dict, strict=True)
 
 

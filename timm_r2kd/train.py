@@ -913,3 +913,7 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
     if utils.is_primary(args):
         print(f'--result\n{json.dumps(results[-10:], indent=4)}')
     return summary
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,95 @@
+"""The CIFAR architectures of the KD literature, registered with timm."""
+import pytest
+import timm
+import torch
+
+import timm_r2kd  # noqa: F401  registers the models
+from timm_r2kd.models import convert_kd_checkpoint
+from timm_r2kd.teacher_io import TeacherError, load_weights
+
+# parameter counts (millions, 100 classes) of the community definitions
+PARAMS = {
+    'resnet8': 0.084, 'resnet14': 0.181, 'resnet20': 0.278, 'resnet32': 0.473, 'resnet44': 0.667,
+    'resnet56': 0.862, 'resnet110': 1.737, 'resnet8x4': 1.234, 'resnet32x4': 7.434,
+    'wrn_16_1': 0.181, 'wrn_16_2': 0.703, 'wrn_40_1': 0.570, 'wrn_40_2': 2.255,
+    'cifar_vgg8': 3.965, 'cifar_vgg11': 9.277, 'cifar_vgg13': 9.462, 'cifar_vgg16': 14.774, 'cifar_vgg19': 20.087,
+    'mobilenetv2': 0.813, 'shufflenet_v1': 0.949, 'shufflenet_v2': 1.356,
+}
+
+
+@pytest.mark.parametrize('name', sorted(PARAMS))
+def test_model_interface(name, tmp_path):
+    model = timm.create_model(name)
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(count - PARAMS[name]) / PARAMS[name] < 0.01, count
+    assert model.num_classes == 100 and model.pretrained_cfg['input_size'] == (3, 32, 32)
+    assert model.pretrained_cfg['mean'] == (0.5071, 0.4865, 0.4409)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 100)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    feats = model.forward_features(x)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    model.reset_classifier(10)
+    assert model(x).shape == (2, 10) and model.get_classifier().out_features == 10
+    path = tmp_path / 'model.pth'
+    torch.save({'state_dict': model.state_dict()}, path)
+    reloaded = timm.create_model(name, num_classes=10, checkpoint_path=str(path)).eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), model(x))
+
+
+@pytest.mark.parametrize('name', ['resnet8x4', 'wrn_16_2', 'cifar_vgg8'])
+def test_features_only(name):
+    model = timm.create_model(name, features_only=True)
+    feats = model(torch.randn(1, 3, 32, 32))
+    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+    assert [32 // f.shape[-1] for f in feats] == model.feature_info.reduction()
+
+
+def _reference_layout(name, model):
+    """A state dict laid out as RepDistiller/mdistiller save them: DataParallel prefix, 'model' key."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if name == 'mobilenetv2' and key.startswith('classifier.'):
+            key = key.replace('classifier.', 'classifier.0.')
+        if not key.endswith('num_batches_tracked'):  # older checkpoints have no counters
+            state['module.' + key] = value.clone()
+    return {'model': state, 'epoch': 240, 'best_acc': 75.5}
+
+
+@pytest.mark.parametrize('name', ['resnet32x4', 'wrn_40_2', 'cifar_vgg13', 'mobilenetv2', 'shufflenet_v2'])
+def test_converter_loads_reference_checkpoints(name, tmp_path):
+    source = timm.create_model(name)
+    for p in source.parameters():
+        torch.nn.init.normal_(p)
+    path = tmp_path / 'ckpt_epoch_240.pth'
+    torch.save(_reference_layout(name, source), path)
+    target = timm.create_model(name)
+    load_weights(target, str(path))
+    for key, value in source.state_dict().items():
+        if not key.endswith('num_batches_tracked'):
+            torch.testing.assert_close(target.state_dict()[key], value)
+
+
+def test_converter_names_what_does_not_fit():
+    checkpoint = _reference_layout('resnet8x4', timm.create_model('resnet8x4'))
+    with pytest.raises(ValueError, match=r'unexpected: layer1\.0\.downsample.*shape mismatch'):
+        convert_kd_checkpoint(checkpoint, timm.create_model('resnet8'))
+    del checkpoint['model']['module.fc.bias']
+    with pytest.raises(ValueError, match=r'missing: fc\.bias'):
+        convert_kd_checkpoint(checkpoint, timm.create_model('resnet8x4'))
+
+
+def test_teacher_checkpoint_of_another_architecture(tmp_path):
+    path = tmp_path / 'teacher.pth'
+    torch.save(_reference_layout('resnet32x4', timm.create_model('resnet32x4')), path)
+    with pytest.raises(TeacherError, match='does not fit WideResNet'):
+        load_weights(timm.create_model('wrn_40_2'), str(path))
+
+
+def test_names_do_not_shadow_timm():
+    # timm's ImageNet VGGs stay what they were
+    assert type(timm.create_model('vgg11', pretrained=False)).__module__ == 'timm.models.vgg'

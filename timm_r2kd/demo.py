@@ -1,0 +1,107 @@
+"""The embedded default: R2KD end to end on Fashion-MNIST, on a CPU, in a few minutes.
+
+    python -m timm_r2kd.demo [--output output/demo] [--data-dir DIR]
+
+1. trains a resnet18 teacher with train_r2kd.py (no teacher: timm's training);
+2. distils a small student (timm's test_resnet, 0.37 M parameters) from it with --r2kd;
+3. trains the same student alone under the same budget;
+then prints top-1 and robustness top-1 (mean over noise, blur, contrast and JPEG) of all three, with
+the paths of their outputs. Each stage runs train_r2kd.py in its own process and logs its progress.
+"""
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .data import DEBIAN_FASHION_MNIST, find_idx_files
+
+TEACHER = dict(model='resnet18', samples=12000, epochs=2, batch=128, lr=0.1)
+STUDENT = dict(model='test_resnet', samples=4000, epochs=8, batch=64, lr=0.05)
+VAL_SAMPLES = 2000
+COMMON = ['--dataset', 'torch/fashion_mnist', '--in-chans', '1', '--img-size', '28', '--num-classes', '10',
+          '--val-num-samples', str(VAL_SAMPLES), '--device', 'cpu', '--workers', '0', '--opt', 'sgd',
+          '--momentum', '0.9', '--weight-decay', '5e-4', '--sched', 'cosine', '--warmup-epochs', '0',
+          '--smoothing', '0', '--scale', '0.8', '1.0', '--color-jitter', '0', '--log-interval', '25',
+          '--eval-corruptions', '--seed', '0']
+
+
+def find_data(data_dir: Optional[str]) -> str:
+    """A folder with the Fashion-MNIST idx files: given, Debian's, or downloaded by torchvision."""
+    for candidate in (data_dir, DEBIAN_FASHION_MNIST):
+        if candidate and find_idx_files(candidate, 'train'):
+            return candidate
+    target = data_dir or os.path.join('data', 'fashion-mnist')
+    print(f'Fashion-MNIST not found; trying to download it with torchvision into {target} ...', flush=True)
+    try:
+        from torchvision.datasets import FashionMNIST
+        for train in (True, False):
+            FashionMNIST(target, train=train, download=True)
+    except Exception as e:  # offline, proxy, ...
+        raise SystemExit(
+            f'Could not get Fashion-MNIST ({type(e).__name__}: {e}).\n'
+            f'Install it (Debian/Ubuntu, as root): apt-get install dataset-fashion-mnist\n'
+            f'or download the four *-ubyte.gz files into a folder and pass --data-dir FOLDER.')
+    return target
+
+
+def _last_row(run_dir: Path) -> Dict[str, float]:
+    with open(run_dir / 'summary.csv') as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for k, v in rows[-1].items() if v}
+
+
+def _stage(title: str, argv: List[str]) -> float:
+    print(f'\n=== {title} ===\n$ python train_r2kd.py {" ".join(argv)}', flush=True)
+    start = time.time()
+    done = subprocess.run([sys.executable, '-m', 'timm_r2kd.train', *argv])
+    if done.returncode:
+        raise SystemExit(f'{title} failed (exit {done.returncode}); see the log above.')
+    return time.time() - start
+
+
+def _budget(cfg: Dict) -> List[str]:
+    return ['--model', cfg['model'], '--train-num-samples', str(cfg['samples']), '--epochs', str(cfg['epochs']),
+            '-b', str(cfg['batch']), '--lr', str(cfg['lr'])]
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--output', default=os.path.join('output', 'demo'))
+    parser.add_argument('--data-dir', default=None, help='folder with the Fashion-MNIST idx files')
+    args = parser.parse_args(argv)
+    data = find_data(args.data_dir)
+    out = Path(args.output).resolve()
+    common = COMMON + ['--data-dir', data, '--output', str(out)]
+    start = time.time()
+    times = {}
+    times['teacher'] = _stage(
+        f'1/3 teacher: {TEACHER["model"]} on {TEACHER["samples"]} images, {TEACHER["epochs"]} epochs',
+        common + _budget(TEACHER) + ['--experiment', 'teacher'])
+    teacher_ckpt = out / 'teacher' / 'last.pth.tar'
+    times['r2kd'] = _stage(
+        f'2/3 student with R2KD: {STUDENT["model"]} on {STUDENT["samples"]} images, {STUDENT["epochs"]} epochs',
+        common + _budget(STUDENT) + ['--teacher', TEACHER['model'], '--teacher-checkpoint', str(teacher_ckpt),
+                                     '--r2kd', '--experiment', 'student_r2kd'])
+    times['alone'] = _stage(
+        f'3/3 the same student alone, same budget',
+        common + _budget(STUDENT) + ['--experiment', 'student_alone'])
+
+    rows = [('teacher', TEACHER['model'], 'teacher'), ('student alone', STUDENT['model'], 'student_alone'),
+            ('student with R2KD', STUDENT['model'], 'student_r2kd')]
+    print(f'\nFashion-MNIST, {VAL_SAMPLES} test images; robustness = mean top-1 under Gaussian noise, blur, '
+          f'contrast and JPEG. Total {time.time() - start:.0f} s.\n')
+    print(f'| {"run":<18} | {"model":<11} | {"top-1":>6} | {"robust top-1":>12} | output')
+    print(f'|{"-" * 20}|{"-" * 13}|{"-" * 8}|{"-" * 14}|-------')
+    for label, model, folder in rows:
+        m = _last_row(out / folder)
+        print(f'| {label:<18} | {model:<11} | {m["eval_top1"]:6.2f} | {m["eval_top1_corrupt_mean"]:12.2f} | '
+              f'{out / folder}')
+    print('\nCheckpoints load with timm.create_model(name, num_classes=10, in_chans=1, checkpoint_path=...).')
+
+
+if __name__ == '__main__':
+    main()
