@@ -93,3 +93,38 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path):
 def test_names_do_not_shadow_timm():
     # timm's ImageNet VGGs stay what they were
     assert type(timm.create_model('vgg11', pretrained=False)).__module__ == 'timm.models.vgg'
+
+
+RECIPES = sorted(str(p.relative_to(p.parents[2])) for p in
+                 __import__('pathlib').Path(__file__).resolve().parents[1].glob('configs/*/*.yaml'))
+
+
+def test_every_pair_has_a_baseline_twin():
+    assert len(RECIPES) == 28
+    for recipe in RECIPES:
+        if not recipe.endswith('_kl.yaml'):
+            assert recipe.replace('.yaml', '_kl.yaml') in RECIPES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('recipe', RECIPES)
+def test_recipe_runs_one_tiny_step(recipe, tmp_path):
+    import os
+
+    import yaml
+
+    from timm_r2kd.data import DEBIAN_FASHION_MNIST
+    from timm_r2kd.train import main
+    if not os.path.isfile(os.path.join(DEBIAN_FASHION_MNIST, 'train-images-idx3-ubyte.gz')):
+        pytest.skip('Fashion-MNIST missing')
+    root = __import__('pathlib').Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load(open(root / recipe))
+    assert cfg['kd_loss'] in ('r2kd', 'kl') and timm.is_model(cfg['model'])
+    # CIFAR/ImageNet are not on this machine: the same recipe on a few Fashion-MNIST images
+    summary = main(['-c', str(root / recipe), '--dataset', 'torch/fashion_mnist', '--data-dir', DEBIAN_FASHION_MNIST,
+                    '--num-classes', '10', '--img-size', '32', '--train-split', 'train', '--val-split', 'validation',
+                    '--train-num-samples', '8', '--val-num-samples', '8', '-b', '4', '--epochs', '1', '--device', 'cpu',
+                    '--workers', '0', '--no-teacher-pretrained', '--allow-weak-teacher', '--output', str(tmp_path),
+                    '--experiment', 'recipe'])
+    assert summary['args']['model'] == cfg['model'] and summary['args']['lr'] == cfg['lr']
+    assert summary['results'][0]['train']['loss'] > 0

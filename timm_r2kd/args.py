@@ -309,6 +309,9 @@ def _r2kd_args(parser: argparse.ArgumentParser) -> None:
                    help='train even if the teacher scores near chance on the validation set')
     g.add_argument('--eval-corruptions', action='store_true', default=False,
                    help='also report top-1 under noise, blur, contrast and JPEG corruptions of the val set')
+    g.add_argument('--crop-padding', type=int, default=None, metavar='N',
+                   help='CIFAR-style training crop: pad N pixels and crop at the image size, instead of timm\'s '
+                        'random-resized crop')
     g.add_argument('--no-progress', action='store_true', default=False,
                    help='no progress bar on a terminal (log lines only)')
 

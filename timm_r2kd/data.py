@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_dataset
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from torchvision.transforms import RandomCrop
 
 _logger = logging.getLogger(__name__)
 
@@ -192,3 +194,21 @@ def dataset_label_names(dataset) -> Optional[List[str]]:
         return [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
     classes = getattr(getattr(dataset, 'dataset', None), 'classes', None) or getattr(reader, 'classes', None)
     return list(classes) if classes else None
+
+
+def use_pad_crop(dataset, size: int, padding: int) -> None:
+    """Swap the random-resized crop of a dataset's timm training transform for CIFAR's crop.
+
+    CIFAR recipes pad the image by ``padding`` pixels (zeros) and take a random ``size`` crop;
+    timm's training transform has no such mode, so the crop stage is replaced in place.
+    """
+    transform = dataset.transform
+    stages = transform if isinstance(transform, (tuple, list)) else [transform]
+    for stage in stages:
+        steps = getattr(stage, 'transforms', [])
+        for i, step in enumerate(steps):
+            if isinstance(step, RandomResizedCropAndInterpolation):
+                steps[i] = RandomCrop(size, padding=padding)
+                return
+    raise ValueError('--crop-padding needs timm\'s random-resized-crop training transform (drop --no-aug '
+                     'and --train-crop-mode).')

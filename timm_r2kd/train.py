@@ -36,7 +36,7 @@ from timm.task import (
 from timm.utils import NativeScaler
 
 from .args import parse_args
-from .data import create_r2kd_dataset, dataset_label_names
+from .data import create_r2kd_dataset, dataset_label_names, use_pad_crop
 from .hub import HubPushError, push_folder, resolve_token, save_hf
 from .losses import create_distill_loss
 from .progress import ProgressBar
@@ -748,6 +748,8 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
         use_multi_epochs_loader=args.use_multi_epochs_loader,
         **common_loader_kwargs,
     )
+    if args.crop_padding is not None:
+        use_pad_crop(loader_train.dataset, data_config['input_size'][-1], args.crop_padding)
     if len(loader_train) == 0:
         raise UsageError(f'The training set ({len(dataset_train)} samples) gives no full batch of '
                          f'{args.batch_size}. Lower --batch-size or use more samples.')
