@@ -48,6 +48,8 @@ def configurations(kl_args):
         ('r2kd, no pruned teacher', ['--r2kd', '--prune-weight', '1.0']),
         ('r2kd, no view', ['--r2kd', '--r2kd-view', 'none']),
         ('r2kd --reference-parity', ['--r2kd', '--reference-parity']),
+        # R2KD at the temperature the KL tuning picked (R2KD itself is otherwise untuned)
+        ('r2kd, T=2', ['--r2kd', '--r2kd-temperature', '2']),
     ]
 
 

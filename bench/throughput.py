@@ -58,9 +58,10 @@ class Row:
         c = args.num_classes
         student = timm.create_model(args.student, num_classes=c).to(device)
         teacher = timm.create_model(args.teacher, num_classes=c).to(device).eval()
-        channels_last = args.channels_last or name == 'full+channels_last'
+        # the reference pattern runs as released: fp32, default memory format
+        channels_last = (args.channels_last or name == 'full+channels_last') and name != 'reference'
         self.channels_last = channels_last
-        self.autocast = args.amp == 'bf16' or name == 'full+bf16'
+        self.autocast = (args.amp == 'bf16' or name == 'full+bf16') and name != 'reference'
         view = create_batch_view('cutmix', c)
         full = dict(view_transform=view, distill_loss=R2KDLoss(), verbose=False)
         if name == 'student':

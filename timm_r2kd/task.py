@@ -208,9 +208,10 @@ class R2KDTask(LogitDistillationTask):
             weighted KD parts summed over views ('kd_value' and 'kd_rank' for R2KD).
         """
         views, target = self._views(input, target)
+        # teachers first: their passes then do not overlap the lifetime of the student's activations
+        teacher_logits = self.teacher_logits(views)
         student_logits = [self.trainable_module(x) for x in views]
         task_loss = self.criterion(student_logits[0], target)
-        teacher_logits = self.teacher_logits(views)
 
         device_type = student_logits[0].device.type
         autocast_off = torch.autocast(device_type=device_type, enabled=False) \
