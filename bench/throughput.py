@@ -13,8 +13,8 @@ Rows:
 * r2kd-pruned: with the pruned teacher, no view;
 * full: pruned teacher + cutmix view, default options; full+batched / +split: views through each
   teacher in one call / one call per view; +channels_last, +fused_bn, +bf16, +compile;
-* reference: the released code's pattern in fp32 (hard ranks, pruned BatchNorm in train mode, one
-  student call and two teacher calls per view);
+* reference: the released code's pattern in fp32 (hard ranks, pruned BatchNorm in train mode, both
+  student calls first, then two teacher calls per view);
 * bare passes: student forward+backward+SGD step on both views, and each teacher's forward on both
   views, with the same modules; their sum is what no implementation can avoid.
 
@@ -104,8 +104,24 @@ class Row:
         if self.name == 'bare':
             self.bare_parts(x, y)
             return
+        if self.name == 'reference':
+            self.reference_step(x, y)
+            return
         with self._autocast():
             loss = self.task(x, y)['loss']
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def reference_step(self, x, y):
+        """The released code's order: both student passes first, then dense and pruned teacher per view."""
+        task = self.task
+        view = task.view_transform(x, y)
+        student = task.get_trainable_module()
+        s_clean, s_view = student(x), student(view)
+        with torch.no_grad():
+            targets = [task.teacher(v) for v in (x, view)]
+        loss = task.criterion(s_clean, y) + sum(task.distill_loss(s, t) for s, t in zip((s_clean, s_view), targets))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
