@@ -110,13 +110,13 @@ def test_yaml_recipe(tmp_path):
     recipe = tmp_path / 'recipe.yaml'
     recipe.write_text(yaml.safe_dump({'model': 'test_resnet', 'opt': 'adamw', 'weight_decay': 0.05,
                                       'smoothing': 0.0, 'epochs': 1}))
-    summary = main(['-c', str(recipe)] + _base(tmp_path, 'yaml', samples=128)[:-0 or None])
+    summary = main(['-c', str(recipe)] + _base(tmp_path, 'yaml', samples=128))
     saved = yaml.safe_load(open(Path(summary['output_dir']) / 'args.yaml'))
     assert (saved['model'], saved['opt'], saved['weight_decay'], saved['smoothing']) == \
         ('test_resnet', 'adamw', 0.05, 0.0)
 
 
-def _fails(argv, capsys_or_none=None, code=2):
+def _fails(argv, code=2):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == code
@@ -221,7 +221,6 @@ def test_kill_mid_epoch_then_resume(tmp_path, teacher_ckpt):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not list(out.glob('tmp*')) or True  # an interrupted temp file may remain; it is never loaded
     ckpt = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=False)
     assert ckpt['epoch'] == 0
     summary = main(_base(tmp_path, 'killed', '--model', 'test_resnet', '--teacher', 'resnet10t',
