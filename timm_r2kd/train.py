@@ -30,7 +30,7 @@ from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import (
-    ClassificationTask, DistillationTeacher, FeatureDistillationTask, TokenDistillationTask,
+    ClassificationEvaluator, ClassificationTask, DistillationTeacher, FeatureDistillationTask, TokenDistillationTask,
     evaluation_sample_limit, load_task_ema_checkpoint, resume_task_checkpoint,
 )
 from timm.utils import NativeScaler
@@ -263,39 +263,6 @@ def _create_task(args, model, teacher, train_loss_fn, view_transform, num_aug_sp
     )
 
 
-class Evaluation:
-    """Loss / top-1 / top-5 over a loader, exact under distributed padding and reduced across ranks."""
-
-    def __init__(self, device: torch.device, max_samples: Optional[int]):
-        self.device = device
-        self.max_samples = max_samples
-        self.seen = 0
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # count, loss sum, top1, top5
-
-    @torch.no_grad()
-    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        if self.max_samples is not None:
-            keep = max(0, self.max_samples - self.seen)
-            output, target = output[:keep], target[:keep]
-        self.seen += output.shape[0]
-        if not output.shape[0]:
-            return
-        output = output.float()
-        loss = nn.functional.cross_entropy(output, target, reduction='sum')
-        top = output.topk(min(5, output.shape[-1]), dim=-1).indices.eq(target[:, None])
-        self.sums += torch.stack([
-            torch.tensor(float(output.shape[0]), device=self.device, dtype=torch.float64), loss.double(),
-            top[:, 0].sum().double(), top.any(dim=-1).sum().double()])
-
-    def summary(self, distributed: bool) -> Dict[str, float]:
-        sums = self.sums.clone()
-        if distributed:
-            torch.distributed.all_reduce(sums)
-        count = max(sums[0].item(), 1.)
-        return OrderedDict(loss=sums[1].item() / count, top1=100 * sums[2].item() / count,
-                           top5=100 * sums[3].item() / count)
-
-
 def validate(
         model,
         loader,
@@ -309,7 +276,7 @@ def validate(
 ) -> Dict[str, float]:
     """Evaluate ``model`` on ``loader`` (optionally under a corruption); returns loss, top1, top5."""
     model.eval()
-    evaluation = Evaluation(device, evaluation_sample_limit(loader))
+    evaluator = ClassificationEvaluator(device=device, max_samples=evaluation_sample_limit(loader))
     batch_time = utils.AverageMeter()
     last_idx = len(loader) - 1
     end = time.time()
@@ -328,14 +295,14 @@ def validate(
             if args.tta > 1:
                 output = output.unfold(0, args.tta, args.tta).mean(dim=2)
                 target = target[0:target.size(0):args.tta]
-            evaluation.update(output, target)
+            evaluator.update(output, target)
             batch_time.update(time.time() - end)
             end = time.time()
             if utils.is_primary(args) and corruption is None and (
                     batch_idx == last_idx or batch_idx % args.log_interval == 0):
                 _logger.info(f'Test{log_suffix}: [{batch_idx:>4d}/{last_idx}]  Time: {batch_time.val:.3f} '
                              f'({batch_time.avg:.3f})')
-    metrics = evaluation.summary(args.distributed)
+    metrics = evaluator.compute(distributed=args.distributed)
     if utils.is_primary(args):
         _logger.info(f'Test{log_suffix}: Loss {metrics["loss"]:.4f}  Acc@1 {metrics["top1"]:.3f}  '
                      f'Acc@5 {metrics["top5"]:.3f}')
