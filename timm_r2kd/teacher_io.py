@@ -8,7 +8,6 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 from timm.models import create_model, is_model
-from timm.utils.checkpoint_saver import load_checkpoint_metadata
 
 from .models.convert import convert_kd_checkpoint
 
@@ -27,7 +26,7 @@ def _read_checkpoint(path: str) -> Any:
         return torch.load(path, map_location='cpu', weights_only=True)
 
 
-def load_weights(model: nn.Module, checkpoint_path: str, what: str = 'teacher') -> None:
+def load_weights(model: nn.Module, checkpoint_path: str, what: str = 'teacher') -> Optional[Tuple[tuple, tuple]]:
     """Load a timm/torch checkpoint or a .safetensors file into ``model``, strictly.
 
     Pickled checkpoints are read with ``weights_only=True`` (never arbitrary objects). The state
@@ -38,6 +37,10 @@ def load_weights(model: nn.Module, checkpoint_path: str, what: str = 'teacher') 
         model: Model to load into.
         checkpoint_path: File path.
         what: Name used in error messages.
+
+    Returns:
+        The (mean, std) the checkpoint records in its training ``args`` (train_r2kd always records
+        them, timm when --mean/--std were given), else None.
     """
     if not os.path.isfile(checkpoint_path):
         raise TeacherError(f"The {what} checkpoint '{checkpoint_path}' does not exist.")
@@ -55,6 +58,9 @@ def load_weights(model: nn.Module, checkpoint_path: str, what: str = 'teacher') 
             f"The {what} checkpoint '{checkpoint_path}' does not fit {type(model).__name__}: {e} Was it trained "
             f"as another architecture or with another --num-classes/--in-chans?") from e
     model.load_state_dict(state_dict, strict=True)
+    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    mean, std = getattr(args, 'mean', None), getattr(args, 'std', None)
+    return None if mean is None or std is None else (tuple(mean), tuple(std))
 
 
 def create_teacher_model(
@@ -66,6 +72,9 @@ def create_teacher_model(
         **kwargs,
 ) -> nn.Module:
     """Create a teacher by timm name (or hf-hub:/local-dir:) and load its weights.
+
+    The teacher's ``pretrained_cfg`` mean/std become those its checkpoint was trained with, when
+    the checkpoint records them, so the teacher sees its input normalised as in training.
 
     Args:
         name: Model name.
@@ -90,31 +99,10 @@ def create_teacher_model(
                 f"--no-teacher-pretrained for a random teacher (testing only).") from e
         raise TeacherError(f"Could not create teacher '{name}': {type(e).__name__}: {e}") from e
     if checkpoint_path:
-        load_weights(model, checkpoint_path)
-    teacher_classes = getattr(model, 'num_classes', num_classes)
-    if teacher_classes != num_classes:
-        raise TeacherError(
-            f"Teacher '{name}' has {teacher_classes} classes but the student has {num_classes}.")
+        normalization = load_weights(model, checkpoint_path)
+        if normalization is not None:
+            model.pretrained_cfg = dict(model.pretrained_cfg, mean=normalization[0], std=normalization[1])
     return model
-
-
-def checkpoint_normalization(checkpoint_path: Optional[str]) -> Optional[Tuple[tuple, tuple]]:
-    """(mean, std) a checkpoint written by train_r2kd (or timm with --mean/--std) was trained with.
-
-    Read from the checkpoint's ``args`` with ``weights_only=True``; None for files without them
-    (safetensors, plain state dicts, timm checkpoints without explicit normalisation).
-    """
-    if not checkpoint_path or checkpoint_path.endswith('.safetensors') or not os.path.isfile(checkpoint_path):
-        return None
-    try:
-        checkpoint = load_checkpoint_metadata(checkpoint_path)
-    except Exception:  # unreadable files are reported by load_weights
-        return None
-    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
-    mean, std = getattr(args, 'mean', None), getattr(args, 'std', None)
-    if mean is None or std is None:
-        return None
-    return tuple(mean), tuple(std)
 
 
 def is_weak(top1: float, num_classes: int) -> bool:

@@ -43,7 +43,7 @@ from .progress import ProgressBar
 from .robustness import CORRUPTIONS, corrupt
 from .task import R2KDTask
 from .teacher import PrunedTeacher
-from .teacher_io import TeacherError, checkpoint_normalization, create_teacher_model, is_weak, match_channels
+from .teacher_io import TeacherError, create_teacher_model, is_weak, match_channels
 from .version import __version__
 from .views import BATCH_VIEWS, IMAGE_VIEWS, ViewDataset, create_batch_view, create_image_view
 
@@ -185,12 +185,10 @@ def _build_teacher(args, data_config: Dict[str, Any], device: torch.device, mode
         args.teacher, args.num_classes, in_chans,
         checkpoint_path=args.teacher_checkpoint, pretrained=args.teacher_pretrained,
     )
-    # The teacher gets its input normalised as it was trained: as recorded in a train_r2kd
-    # checkpoint, else as its pretrained config says (timm's convention for teachers).
+    # the teacher's own normalisation (from its checkpoint or pretrained cfg), for its input channels
     cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
-    mean, std = checkpoint_normalization(args.teacher_checkpoint) or (
-        cfg.get('mean', data_config['mean']), cfg.get('std', data_config['std']))
-    cfg.update(mean=match_channels(mean, in_chans), std=match_channels(std, in_chans))
+    cfg.update(mean=match_channels(cfg.get('mean', data_config['mean']), in_chans),
+               std=match_channels(cfg.get('std', data_config['std']), in_chans))
     model.pretrained_cfg = cfg
     model.to(device=device, dtype=model_dtype)
     if args.kd_loss == 'r2kd' and args.kd_distill_type == 'logit':
@@ -877,8 +875,8 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
     export_dir = None
     if output_dir is not None and results and (args.save_hf or args.push_to_hub):
         export_dir = _export(args, output_dir)
-    summary = dict(output_dir=output_dir, export_dir=export_dir, best_metric=best_metric, best_epoch=best_epoch, results=results,
-                   teacher=teacher_metrics, label_names=label_names, data_config=data_config, args=vars(args))
+    summary = dict(output_dir=output_dir, export_dir=export_dir, best_metric=best_metric, best_epoch=best_epoch,
+                   results=results, teacher=teacher_metrics, label_names=label_names, data_config=data_config, args=vars(args))
     if utils.is_primary(args):
         print(f'--result\n{json.dumps(results[-10:], indent=4)}')
     return summary
