@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from timm_r2kd.hub import read_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = '/usr/share/datasets/fashion-mnist'
 COMMON = [
@@ -73,11 +75,8 @@ def run(output, experiment, budget, extra, seed, teacher=None, log=None):
         done = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT)
     if done.returncode:
         raise RuntimeError(f'run {experiment} failed ({done.returncode}); see {log}')
-    summary_csv = Path(output) / experiment / 'summary.csv'
-    header, *rows = summary_csv.read_text().strip().splitlines()
-    last = dict(zip(header.split(','), rows[-1].split(',')))
-    return dict(top1=float(last['eval_top1']), corrupt=float(last['eval_top1_corrupt_mean']),
-                seconds=time.time() - start)
+    last = read_summary(Path(output) / experiment)[-1]
+    return dict(top1=last['eval_top1'], corrupt=last['eval_top1_corrupt_mean'], seconds=time.time() - start)
 
 
 def mean_std(values):
@@ -103,9 +102,8 @@ def main():
         print(f'training the teacher ({teacher_budget}) ...', flush=True)
         teacher = run(out, teacher_dir.name, teacher_budget, [], seed=0, log=out / 'logs' / 'teacher.log')
         print(f'teacher: {teacher}', flush=True)
-    header, *rows = (teacher_dir / 'summary.csv').read_text().strip().splitlines()
-    last = dict(zip(header.split(','), rows[-1].split(',')))
-    teacher_metrics = dict(top1=float(last['eval_top1']), corrupt=float(last['eval_top1_corrupt_mean']))
+    last = read_summary(teacher_dir)[-1]
+    teacher_metrics = dict(top1=last['eval_top1'], corrupt=last['eval_top1_corrupt_mean'])
 
     results = {}
     kl_args = ['--kd-temperature', '4']

@@ -9,7 +9,6 @@ then prints top-1 and robustness top-1 (mean over noise, blur, contrast and JPEG
 the paths of their outputs. Each stage runs train_r2kd.py in its own process and logs its progress.
 """
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .data import DEBIAN_FASHION_MNIST, find_idx_files
+from .hub import read_summary
 
 TEACHER = dict(model='resnet18', samples=60000, epochs=2, batch=128, lr=0.1)
 STUDENT = dict(model='test_resnet', samples=4000, epochs=8, batch=64, lr=0.05)
@@ -48,12 +48,6 @@ def find_data(data_dir: Optional[str]) -> str:
             f'Install it (Debian/Ubuntu, as root): apt-get install dataset-fashion-mnist\n'
             f'or download the four *-ubyte.gz files into a folder and pass --data-dir FOLDER.')
     return target
-
-
-def _last_row(run_dir: Path) -> Dict[str, float]:
-    with open(run_dir / 'summary.csv') as f:
-        rows = list(csv.DictReader(f))
-    return {k: float(v) for k, v in rows[-1].items() if v}
 
 
 def _stage(title: str, argv: List[str]) -> float:
@@ -101,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f'| {"run":<18} | {"model":<11} | {"top-1":>6} | {"robust top-1":>12} | output')
     print(f'|{"-" * 20}|{"-" * 13}|{"-" * 8}|{"-" * 14}|-------')
     for label, model, folder in rows:
-        m = _last_row(out / folder)
+        m = read_summary(out / folder)[-1]
         print(f'| {label:<18} | {model:<11} | {m["eval_top1"]:6.2f} | {m["eval_top1_corrupt_mean"]:12.2f} | '
               f'{out / folder}')
     print('\nCheckpoints load with timm.create_model(name, num_classes=10, in_chans=1, checkpoint_path=...).')

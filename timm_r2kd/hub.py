@@ -59,17 +59,13 @@ class HubPushError(RuntimeError):
     """A push to the Hub failed; the local export is intact and the message says what to do."""
 
 
-def _read_summary(run_dir: Path) -> List[Dict[str, float]]:
-    path = run_dir / 'summary.csv'
+def read_summary(run_dir) -> List[Dict[str, float]]:
+    """The rows of a run folder's summary.csv (one per evaluated epoch) as floats; [] without one."""
+    path = Path(run_dir) / 'summary.csv'
     if not path.is_file():
         return []
     with open(path) as f:
-        rows = []
-        for row in csv.DictReader(f):
-            if row.get('epoch') == 'epoch':  # a header repeated by an older resume
-                continue
-            rows.append({k: float(v) for k, v in row.items() if v not in ('', None)})
-        return rows
+        return [{k: float(v) for k, v in row.items() if v not in ('', None)} for row in csv.DictReader(f)]
 
 
 def load_run(checkpoint_path: str) -> Dict[str, Any]:
@@ -92,7 +88,7 @@ def load_run(checkpoint_path: str) -> Dict[str, Any]:
         metric=meta.get('metric'),
         has_ema=meta.get('state_dict_ema') is not None,
         run=json.loads(run_json.read_text()) if run_json.is_file() else {},
-        summary=_read_summary(run_dir),
+        summary=read_summary(run_dir),
         args_yaml=str(run_dir / 'args.yaml') if (run_dir / 'args.yaml').is_file() else None,
     )
     return info
