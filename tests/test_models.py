@@ -7,21 +7,15 @@ import timm_r2kd  # noqa: F401  registers the models
 from timm_r2kd.models import convert_kd_checkpoint
 from timm_r2kd.teacher_io import TeacherError, load_weights
 
-# parameter counts (millions, 100 classes) of the community definitions
-PARAMS = {
-    'resnet8': 0.084, 'resnet14': 0.181, 'resnet20': 0.278, 'resnet32': 0.473, 'resnet44': 0.667,
-    'resnet56': 0.862, 'resnet110': 1.737, 'resnet8x4': 1.234, 'resnet32x4': 7.434,
-    'wrn_16_1': 0.181, 'wrn_16_2': 0.703, 'wrn_40_1': 0.570, 'wrn_40_2': 2.255,
-    'cifar_vgg8': 3.965, 'cifar_vgg11': 9.277, 'cifar_vgg13': 9.462, 'cifar_vgg16': 14.774, 'cifar_vgg19': 20.087,
-    'mobilenetv2': 0.813, 'shufflenet_v1': 0.949, 'shufflenet_v2': 1.356,
-}
+# exact parameter counts and outputs against the community's definitions: test_zoo_reference.py
+NAMES = ['resnet8', 'resnet14', 'resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110', 'resnet8x4', 'resnet32x4',
+         'wrn_16_1', 'wrn_16_2', 'wrn_40_1', 'wrn_40_2', 'cifar_vgg8', 'cifar_vgg11', 'cifar_vgg13', 'cifar_vgg16',
+         'cifar_vgg19', 'mobilenetv2', 'shufflenet_v1', 'shufflenet_v2']
 
 
-@pytest.mark.parametrize('name', sorted(PARAMS))
+@pytest.mark.parametrize('name', NAMES)
 def test_model_interface(name, tmp_path):
     model = timm.create_model(name)
-    count = sum(p.numel() for p in model.parameters()) / 1e6
-    assert abs(count - PARAMS[name]) / PARAMS[name] < 0.01, count
     assert model.num_classes == 100 and model.pretrained_cfg['input_size'] == (3, 32, 32)
     assert model.pretrained_cfg['mean'] == (0.5071, 0.4865, 0.4409)
     x = torch.randn(2, 3, 32, 32)
@@ -58,20 +52,6 @@ def _reference_layout(name, model):
         if not key.endswith('num_batches_tracked'):  # older checkpoints have no counters
             state['module.' + key] = value.clone()
     return {'model': state, 'epoch': 240, 'best_acc': 75.5}
-
-
-@pytest.mark.parametrize('name', ['resnet32x4', 'wrn_40_2', 'cifar_vgg13', 'mobilenetv2', 'shufflenet_v2'])
-def test_converter_loads_reference_checkpoints(name, tmp_path):
-    source = timm.create_model(name)
-    for p in source.parameters():
-        torch.nn.init.normal_(p)
-    path = tmp_path / 'ckpt_epoch_240.pth'
-    torch.save(_reference_layout(name, source), path)
-    target = timm.create_model(name)
-    load_weights(target, str(path))
-    for key, value in source.state_dict().items():
-        if not key.endswith('num_batches_tracked'):
-            torch.testing.assert_close(target.state_dict()[key], value)
 
 
 def test_converter_names_what_does_not_fit():

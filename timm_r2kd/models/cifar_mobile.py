@@ -2,8 +2,8 @@
 
 Their CIFAR forms as RepDistiller/mdistiller define them (layer names included, so shared
 checkpoints load): MobileNetV2 at width 0.5 with expansion 6 and a stride-2 stem; ShuffleNet V1
-with 3 groups (240/480/960 channels, 4/8/4 blocks) and a 1x1 stem; ShuffleNet V2 at 1.0x
-(116/232/464 channels, 1024 final) with a 3x3 stride-1 stem.
+with 3 groups (240/480/960 channels, 4/8/4 blocks) and ShuffleNet V2 at 1.0x (116/232/464
+channels, 1024 final), both with a 1x1 stride-1 stem.
 """
 import torch
 import torch.nn as nn
@@ -204,7 +204,7 @@ class CifarShuffleNetV2(ClassifierMixin, nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.conv1 = nn.Conv2d(in_chans, 24, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_chans, 24, 1, bias=False)  # 1x1 as in the community's checkpoints
         self.bn1 = nn.BatchNorm2d(24)
         in_channels = 24
         for i, (c, n) in enumerate(zip(out_channels[:3], num_blocks)):
