@@ -110,6 +110,27 @@ def test_batched_and_per_view_teacher_calls_agree():
     torch.testing.assert_close(outs[0]['loss'], outs[1]['loss'])
 
 
+def test_reference_parity_is_the_same_batched_or_per_view():
+    # the pruned copy's BatchNorm uses batch statistics under parity: each view must get its own
+    student, teacher = _models()
+    x, y = _batch()
+    results = []
+    for bv in (True, False):
+        s, t = copy.deepcopy(student), copy.deepcopy(teacher)
+        task = R2KDTask(s, t, reference_parity=True, batch_views=bv, view_transform=lambda i, _: i.flip(-1))
+        task.train()
+        out = task(x, y)
+        out['loss'].backward()
+        results.append((out['loss'].detach(), [p.grad.clone() for p in s.parameters()],
+                        _bn_stats(task.teacher.pruned_model)))
+    (loss_a, grads_a, stats_a), (loss_b, grads_b, stats_b) = results
+    assert loss_a.item() == loss_b.item()
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, rtol=0, atol=0)
+    for k in stats_a:
+        torch.testing.assert_close(stats_a[k], stats_b[k], rtol=0, atol=0)
+
+
 def test_teacher_input_renormalised_for_its_own_mean_std():
     student, teacher = _models()
     student.pretrained_cfg = dict(student.pretrained_cfg, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

@@ -48,7 +48,8 @@ class R2KDTask(LogitDistillationTask):
         task_loss_weight: Weight of the task loss.
         distill_loss_weight: Weight of the distillation loss.
         batch_views: Send all views through each teacher in one call (True) or one call per view
-            (False). None picks the measured default for the device.
+            (False). None picks the measured default for the device. Ignored (one call per view)
+            while any teacher module is in train mode, as under ``reference_parity``.
         teacher_pretrained: Load pretrained weights for a teacher given by name.
         teacher_pretrained_path: Weights file for a teacher given by name.
         teacher_pretrained_cfg_overlay: Pretrained cfg overrides for a teacher given by name.
@@ -190,6 +191,10 @@ class R2KDTask(LogitDistillationTask):
         batch_views = self.batch_views
         if batch_views is None:
             batch_views = _BATCH_VIEWS_DEFAULT.get(inputs[0].device.type, False)
+        if batch_views and any(m.training for m in self.teacher.modules()):
+            # a teacher layer in train mode (the pruned copy's BatchNorm under reference_parity)
+            # normalises with batch statistics: one call per view keeps each view's own statistics
+            batch_views = False
         with torch.no_grad():
             inputs = [self.teacher.normalize_input(x, self.student_mean, self.student_std) for x in inputs]
             if batch_views and len(inputs) > 1:
