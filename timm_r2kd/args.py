@@ -297,6 +297,9 @@ def _r2kd_args(parser: argparse.ArgumentParser) -> None:
                    help='prune each layer at the rate, or all layers against one threshold')
     g.add_argument('--r2kd-view', default=None, choices=list(VIEW_NAMES),
                    help='augmented view distilled besides the clean batch (default: cutmix for r2kd, else none)')
+    g.add_argument('--r2kd-autoaug-policy', default='auto', choices=['auto', 'imagenet', 'cifar10'],
+                   help='AutoAugment policy of --r2kd-view autoaug (auto: cifar10 on torch/cifar10 and '
+                        'torch/cifar100 datasets, as the reference, else imagenet)')
     g.add_argument('--reference-parity', action='store_true', default=False,
                    help="reproduce the authors' released code: hard ranks, pruned teacher BatchNorm in "
                         "train mode, one augmentation draw per batch, per-process batch")

@@ -89,6 +89,12 @@ def _resolve_kd(args) -> None:
         args.r2kd_view = 'cutmix' if args.kd_loss == 'r2kd' else 'none'
 
 
+def _autoaug_policy(args) -> str:
+    if args.r2kd_autoaug_policy != 'auto':
+        return args.r2kd_autoaug_policy
+    return 'cifar10' if (args.dataset or '').lower() in ('torch/cifar10', 'torch/cifar100') else 'imagenet'
+
+
 def _check_args(args) -> None:
     if args.naflex_loader:
         raise UsageError('--naflex-loader is not supported by train_r2kd: distillation views need fixed-size '
@@ -665,7 +671,8 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
     task_splits = 0
     if args.r2kd_view in IMAGE_VIEWS:
         dataset_train = ViewDataset(dataset_train, create_image_view(
-            args.r2kd_view, data_config['input_size'][-1], data_config['mean'], train_interpolation, in_chans))
+            args.r2kd_view, data_config['input_size'][-1], data_config['mean'], train_interpolation, in_chans,
+            autoaug_policy=_autoaug_policy(args)))
         loader_splits = task_splits = 2
     elif num_aug_splits > 1:
         dataset_train = AugMixDataset(dataset_train, num_splits=num_aug_splits)

@@ -17,18 +17,22 @@ import torch
 from timm.data import Mixup
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from timm.data.transforms import str_to_pil_interp
+from torchvision.transforms import AutoAugment, AutoAugmentPolicy, InterpolationMode
 
 BATCH_VIEWS = ('mixup', 'cutmix', 'cutout')
 IMAGE_VIEWS = ('randaug', 'autoaug', 'augmix')
 VIEW_NAMES = ('none',) + BATCH_VIEWS + IMAGE_VIEWS
 
 # timm policy strings for the image views (RandAugment as in timm's ImageNet recipes, AutoAugment's
-# ImageNet policy as the reference uses, AugMix at timm's defaults)
+# ImageNet policy, AugMix at timm's defaults)
 _IMAGE_POLICIES = {
     'randaug': 'rand-m9-mstd0.5-inc1',
     'autoaug': 'original',
     'augmix': 'augmix-m5-w4-d2',
 }
+# The reference's AutoAugment view uses the CIFAR-10 policy on CIFAR-100 and the ImageNet policy on
+# Tiny-ImageNet. timm has no CIFAR-10 policy, so that one comes from torchvision.
+AUTOAUG_POLICIES = ('imagenet', 'cifar10')
 
 # Reference settings: mixup lambda ~ Beta(0.2, 0.2), cutmix ~ Beta(1, 1), and a square cutout hole
 # of a quarter of the image side (8 px at 32, 16 px at 64).
@@ -123,8 +127,9 @@ def create_image_view(
         mean: Sequence[float],
         interpolation: str = 'bilinear',
         in_chans: int = 3,
+        autoaug_policy: str = 'imagenet',
 ) -> Callable:
-    """A per-sample PIL augmentation policy from timm for an image view name.
+    """A per-sample PIL augmentation policy for an image view name.
 
     Args:
         name: 'randaug', 'autoaug' or 'augmix'.
@@ -132,10 +137,17 @@ def create_image_view(
         mean: Normalisation mean, the fill colour of geometric ops.
         interpolation: Interpolation of geometric ops.
         in_chans: 1 for grayscale ('L') images.
+        autoaug_policy: AutoAugment policy of the 'autoaug' view: 'imagenet' (timm's 'original')
+            or 'cifar10' (torchvision's, which the reference uses on CIFAR-100).
     """
     if name not in _IMAGE_POLICIES:
         raise ValueError(f"'{name}' is not an image view; choose one of {', '.join(IMAGE_VIEWS)}.")
+    if autoaug_policy not in AUTOAUG_POLICIES:
+        raise ValueError(f"Unknown AutoAugment policy '{autoaug_policy}'; choose one of {', '.join(AUTOAUG_POLICIES)}.")
     fill = tuple(round(255 * m) for m in mean)
+    if name == 'autoaug' and autoaug_policy == 'cifar10':
+        return AutoAugment(AutoAugmentPolicy.CIFAR10, interpolation=_torchvision_interp(interpolation),
+                           fill=list(fill[:1] if in_chans == 1 else fill))
     hparams = dict(
         translate_const=int(img_size * 0.45),
         img_mean=fill[0] if in_chans == 1 else fill,
@@ -149,6 +161,11 @@ def create_image_view(
         hparams['translate_pct'] = 0.3
         return augment_and_mix_transform(policy, hparams)
     return auto_augment_transform(policy, hparams)
+
+
+def _torchvision_interp(name: str) -> InterpolationMode:
+    # timm's 'random' picks per call; torchvision's policies take one mode, so use bilinear
+    return InterpolationMode(name) if name in ('nearest', 'bilinear', 'bicubic') else InterpolationMode.BILINEAR
 
 
 class ViewDataset(torch.utils.data.Dataset):
