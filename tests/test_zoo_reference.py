@@ -17,7 +17,7 @@ import torch
 
 import timm_r2kd  # noqa: F401  registers the models
 from timm_r2kd.models import convert_kd_checkpoint
-from timm_r2kd.teacher_io import load_weights
+from timm_r2kd.teacher_io import create_teacher_model
 
 REFERENCE = json.loads((pathlib.Path(__file__).parent / 'data' / 'zoo_reference.json').read_text())['models']
 
@@ -82,7 +82,6 @@ def test_community_shufflenet_v2_loads_as_teacher_checkpoint(tmp_path):
     # what --teacher-checkpoint does with a file saved by RepDistiller/mdistiller
     path = tmp_path / 'ShuffleV2_best.pth'
     torch.save(_community_checkpoint('shufflenet_v2'), path)
-    model = timm.create_model('shufflenet_v2', num_classes=100).double().eval()
-    load_weights(model, str(path))
+    model = create_teacher_model('shufflenet_v2', 100, 3, checkpoint_path=str(path)).double().eval()
     with torch.no_grad():
         _assert_logits(model(_input(32)), REFERENCE['shufflenet_v2']['logits32'])
