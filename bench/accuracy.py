@@ -62,7 +62,18 @@ KL_WEIGHTS = [['--distill-loss-weight', '0.5'], ['--distill-loss-weight', '2']]
 
 
 def run(output, experiment, budget, extra, seed, teacher=None, log=None):
-    """One train_r2kd run in a fresh process; returns its final-epoch validation metrics."""
+    """One train_r2kd run in a fresh process; returns its final-epoch validation metrics.
+
+    A run whose folder already holds its last epoch is read back, and an unfinished one resumes from
+    its last.pth.tar: train_r2kd never writes a new run over an old one.
+    """
+    folder = Path(output) / experiment
+    done_before = read_summary(folder)
+    if done_before and int(done_before[-1]['epoch']) == budget['epochs'] - 1:
+        last = done_before[-1]
+        return dict(top1=last['eval_top1'], corrupt=last['eval_top1_corrupt_mean'], seconds=float('nan'))
+    if (folder / 'last.pth.tar').is_file():
+        extra = [*extra, '--resume', str(folder / 'last.pth.tar')]
     cmd = [sys.executable, str(REPO / 'train_r2kd.py'), *COMMON,
            '--model', budget['model'], '--train-num-samples', str(budget['samples']),
            '--epochs', str(budget['epochs']), '--lr', str(budget['lr']), '-b', str(budget['batch']),

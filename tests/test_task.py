@@ -233,3 +233,18 @@ def test_reference_parity_matches_released_behaviour():
     # and its rank term has no gradient
     z = torch.randn(4, 10, requires_grad=True)
     assert not R2KDLoss(reference_parity=True).parts(z, torch.randn(4, 10))['rank'].requires_grad
+
+
+def test_one_channel_timm_models_through_the_python_api():
+    # timm keeps 3-channel ImageNet mean/std in a 1-channel model's pretrained_cfg
+    student = timm.create_model('test_resnet', num_classes=10, in_chans=1)
+    teacher = timm.create_model('test_resnet', num_classes=10, in_chans=1).eval()
+    teacher.pretrained_cfg = dict(teacher.pretrained_cfg, mean=(0.2, 0.4, 0.6), std=(0.1, 0.2, 0.3))
+    task = R2KDTask(student, teacher, distill_loss='kl', view_transform=lambda i, _: i.flip(-1))
+    x, y = torch.randn(4, 1, 32, 32), torch.randint(0, 10, (4,))
+    out = task(x, y)
+    assert torch.isfinite(out['loss'])
+    s_mean, s_std = [sum(student.pretrained_cfg[k]) / 3 for k in ('mean', 'std')]
+    with torch.no_grad():
+        expected = teacher((x * s_std + s_mean - 0.4) / 0.2)
+        torch.testing.assert_close(task.teacher_logits([x])[0], expected)

@@ -330,7 +330,10 @@ def _hub_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--hub-timeout', type=float, default=1800., metavar='SECONDS',
                    help='seconds the push may take before it is abandoned (the export stays)')
     g.add_argument('--save-hf', default=None, metavar='DIR',
-                   help='write the Hub folder (safetensors, config.json, model card) here after training')
+                   help='write the Hub folder (safetensors, config.json, model card) here after training; DIR '
+                        'must be new or empty')
+    g.add_argument('--overwrite-export', action='store_true', default=False,
+                   help='let --save-hf replace an earlier export in DIR (never a folder holding other files)')
 
 
 def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -348,11 +351,16 @@ def create_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     return config_parser, parser
 
 
-def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, str]:
-    """Parse ``argv`` with YAML defaults from ``-c/--config``, as timm's train.py does.
+def parse_args(argv: Optional[List[str]] = None, check: bool = True) -> Tuple[argparse.Namespace, str]:
+    """Parse ``argv`` with YAML defaults from ``-c/--config``, as timm's train.py does, and check it.
+
+    Args:
+        argv: Arguments (default: sys.argv[1:]).
+        check: Validate every value (``timm_r2kd.checks.check_args``), raising ``UsageError``.
 
     Returns:
-        (args, args_text) where args_text is the YAML dump written to args.yaml.
+        (args, args_text) where args_text is the YAML dump written to args.yaml (after the checks,
+        so it records the data folder actually read).
     """
     config_parser, parser = create_parser()
     args_config, remaining = config_parser.parse_known_args(argv)
@@ -373,5 +381,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
         parser.set_defaults(**cfg)
     args = parser.parse_args(remaining)
     args.config = args_config.config
+    if check:
+        from .checks import check_args  # checks import the data and hub modules; only the trainer needs them
+        check_args(args, parser)
     args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
     return args, args_text

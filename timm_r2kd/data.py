@@ -26,7 +26,7 @@ FASHION_MNIST_CLASSES = (
 )
 MNIST_CLASSES = tuple(str(i) for i in range(10))
 
-_IDX_DATASETS = {
+IDX_DATASETS = {
     'fashion_mnist': ('FashionMNIST', FASHION_MNIST_CLASSES),
     'mnist': ('MNIST', MNIST_CLASSES),
 }
@@ -155,9 +155,10 @@ def create_r2kd_dataset(
     """
     key = name.lower().split('/', 1)[-1] if name.lower().startswith('torch/') else None
     dataset = None
-    if key in _IDX_DATASETS:
-        folder_name, label_names = _IDX_DATASETS[key]
-        for candidate in (root, DEBIAN_FASHION_MNIST if key == 'fashion_mnist' else None):
+    if key in IDX_DATASETS:
+        folder_name, label_names = IDX_DATASETS[key]
+        # Debian's copy only when no folder is named: a named folder is never silently replaced
+        for candidate in (root or (DEBIAN_FASHION_MNIST if key == 'fashion_mnist' else None),):
             files = find_idx_files(candidate, split, folder_name) if candidate else None
             if files:
                 dataset = IdxImageDataset(*files, input_img_mode=input_img_mode, label_names=label_names)

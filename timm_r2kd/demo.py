@@ -1,6 +1,6 @@
 """The embedded default: R2KD end to end on Fashion-MNIST, on a CPU, in a few minutes.
 
-    python -m timm_r2kd.demo [--output output/demo] [--data-dir DIR]
+    python -m timm_r2kd.demo [--output DIR] [--data-dir DIR]
 
 1. trains a resnet18 teacher on all 60,000 images for 2 epochs with train_r2kd.py (timm's training);
 2. distils a small student (timm's test_resnet, 0.37 M parameters; 4,000 images, 8 epochs) with --r2kd;
@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -67,11 +68,13 @@ def _budget(cfg: Dict) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--output', default=os.path.join('output', 'demo'))
+    parser.add_argument('--output', default=None,
+                        help='folder for the three runs (default: a new output/demo/<date-time>)')
     parser.add_argument('--data-dir', default=None, help='folder with the Fashion-MNIST idx files')
     args = parser.parse_args(argv)
     data = find_data(args.data_dir)
-    out = Path(args.output).resolve()
+    # a new folder per demo: train_r2kd refuses to write over an earlier run's folder
+    out = Path(args.output or os.path.join('output', 'demo', datetime.now().strftime('%Y%m%d-%H%M%S'))).resolve()
     common = COMMON + ['--data-dir', data, '--output', str(out)]
     start = time.time()
     times = {}
@@ -85,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                                      '--r2kd', '--r2kd-temperature', str(R2KD_TEMPERATURE),
                                      '--experiment', 'student_r2kd'])
     times['alone'] = _stage(
-        f'3/3 the same student alone, same budget',
+        '3/3 the same student alone, same budget',
         common + _budget(STUDENT) + ['--experiment', 'student_alone'])
 
     rows = [('teacher', TEACHER['model'], 'teacher'), ('student alone', STUDENT['model'], 'student_alone'),

@@ -27,6 +27,7 @@ import torch
 from timm.models import create_model, load_state_dict, save_for_hf
 from timm.utils.checkpoint_saver import load_checkpoint_metadata
 
+from .outputs import OutputError, check_export_target
 from .version import __version__
 
 _logger = logging.getLogger(__name__)
@@ -59,6 +60,20 @@ class HubPushError(RuntimeError):
     """A push to the Hub failed; the local export is intact and the message says what to do."""
 
 
+class ExportError(ValueError):
+    """A checkpoint or repository name that cannot be exported as given; the message says why."""
+
+
+def check_repo_id(repo_id: str, flag: str = 'repo_id') -> None:
+    """Raise ``ExportError`` unless ``repo_id`` is a valid Hub model repository id (huggingface_hub's rule)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ExportError(f"{flag} '{repo_id}' is not a Hub repository id: {e} Use 'namespace/name', "
+                          f"e.g. 'you/resnet18-r2kd'.") from None
+
+
 def read_summary(run_dir) -> List[Dict[str, float]]:
     """The rows of a run folder's summary.csv (one per evaluated epoch) as floats; [] without one."""
     path = Path(run_dir) / 'summary.csv'
@@ -75,7 +90,14 @@ def load_run(checkpoint_path: str) -> Dict[str, Any]:
     ``args.yaml`` from its folder when they are there.
     """
     checkpoint_path = Path(checkpoint_path)
-    meta = load_checkpoint_metadata(str(checkpoint_path))
+    if not checkpoint_path.is_file():
+        raise ExportError(f"The checkpoint '{checkpoint_path}' does not exist (a run writes model_best.pth.tar and "
+                          f"last.pth.tar into its output folder).")
+    try:
+        meta = load_checkpoint_metadata(str(checkpoint_path))
+    except Exception as e:  # truncated file, not a checkpoint, pickled objects refused
+        raise ExportError(f"Could not read the checkpoint '{checkpoint_path}' ({type(e).__name__}): it may be "
+                          f"truncated or not a training checkpoint.") from e
     if not isinstance(meta, dict):
         meta = {}
     args = meta.get('args')
@@ -220,19 +242,27 @@ def save_hf(
         directory: str,
         model_name: Optional[str] = None,
         repo_name: Optional[str] = None,
+        overwrite: bool = False,
+        flag: str = 'directory',
 ) -> Path:
-    """Write the Hub folder for a training checkpoint; replaces ``directory`` only once complete.
+    """Write the Hub folder for a training checkpoint, complete or not at all.
+
+    ``directory`` must be new, empty, or (with ``overwrite``) an earlier export; a folder holding
+    anything else is refused (``OutputError``) and never touched.
 
     Args:
         checkpoint_path: A train_r2kd (or timm) training checkpoint.
         directory: Output folder.
         model_name: Model name, when the checkpoint does not record it.
         repo_name: Repository name used in the card's usage example.
+        overwrite: Replace an earlier export in ``directory``.
+        flag: Name of the option ``directory`` came from, for error messages.
     """
-    model, info, use_ema = build_student(checkpoint_path, model_name)
     directory = Path(directory)
+    check_export_target(directory, overwrite, flag)
+    model, info, use_ema = build_student(checkpoint_path, model_name)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}-', dir=directory.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}-new-', dir=directory.parent))
     try:
         label_names = info['run'].get('label_names')
         model_config = {'label_names': list(label_names)} if label_names else None
@@ -247,12 +277,13 @@ def save_hf(
         (staging / 'README.md').write_text(model_card(info['args'].get('model') or model_name, info, use_ema, name))
         if info['args_yaml']:
             shutil.copy2(info['args_yaml'], staging / 'args.yaml')
-        if directory.exists():
-            old = directory.with_name(f'.{directory.name}.old')
-            shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():  # empty, or an earlier export the caller asked to replace
+            # a fresh unique name: the move never lands on a file of the user's
+            old = Path(tempfile.mkdtemp(prefix=f'.{directory.name}-old-', dir=directory.parent))
+            os.rmdir(old)
             directory.rename(old)
             staging.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old)
         else:
             staging.rename(directory)
     finally:
@@ -372,11 +403,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     save.add_argument('directory')
     save.add_argument('--model', default=None, help='model name, if the checkpoint does not record it')
     save.add_argument('--repo-name', default=None, help='repository name shown in the card')
+    save.add_argument('--overwrite', action='store_true', help='replace an earlier export in the directory')
     push = sub.add_parser('push', help='export (if given a checkpoint) and upload to a model repository')
     push.add_argument('source', help='a training checkpoint, or a folder written by `save`')
     push.add_argument('repo_id')
     push.add_argument('--model', default=None, help='model name, if the checkpoint does not record it')
     push.add_argument('--save-dir', default=None, help='where to export a checkpoint (default: beside it)')
+    push.add_argument('--overwrite', action='store_true', help='replace an earlier export in the save dir')
     push.add_argument('--private', action='store_true')
     push.add_argument('--revision', default=None, help='branch to push to')
     push.add_argument('--token-env', default=None, help='environment variable holding the token')
@@ -385,20 +418,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         if args.command == 'save':
-            save_hf(args.checkpoint, args.directory, args.model, args.repo_name)
+            save_hf(args.checkpoint, args.directory, args.model, args.repo_name, overwrite=args.overwrite)
             return 0
+        check_repo_id(args.repo_id)
         folder = Path(args.source)
         if not folder.is_dir():
             folder = save_hf(args.source, args.save_dir or str(Path(args.source).parent / 'hf_export'), args.model,
-                             args.repo_id)
+                             args.repo_id, overwrite=args.overwrite, flag='--save-dir')
         url = push_folder(str(folder), args.repo_id, token=resolve_token(args.token_env), private=args.private,
                           revision=args.revision, timeout=args.timeout)
         _logger.info(f'Pushed {folder} to {url}')
         return 0
+    except (ExportError, OutputError) as e:
+        _logger.error(str(e))
+        return 2
     except HubPushError as e:
         _logger.error(str(e))
         return 4
-
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -186,8 +186,26 @@ class R2KDTask(LogitDistillationTask):
             view = view[0]
         return [input, view], target
 
+    def _match_channels(self, channels: int) -> None:
+        """Make the normalisation buffers fit inputs of ``channels`` channels.
+
+        timm keeps a 3-channel ImageNet mean/std in the ``pretrained_cfg`` of a model created with
+        ``in_chans=1``; renormalising a 1-channel batch with them would broadcast it to 3 channels.
+        A buffer of another channel count is replaced by its channel mean (as timm's data config
+        does for grayscale input).
+        """
+        for owner, names in ((self, ('student_mean', 'student_std')), (self.teacher, ('mean_kd', 'std_kd'))):
+            for name in names:
+                buf = getattr(owner, name, None)
+                if buf is not None and buf.shape[1] != channels:
+                    owner._buffers[name] = buf.mean(dim=1, keepdim=True).expand(1, channels, 1, 1).contiguous()
+                    _logger.info(f'{type(owner).__name__}.{name} has {buf.shape[1]} channels, the input {channels}: '
+                                 f'using its channel mean.')
+
     def teacher_logits(self, inputs: List[torch.Tensor]) -> List[torch.Tensor]:
         """Teacher logits for each view (inputs normalised for the student), without gradient."""
+        if self.student_mean.shape[1] != inputs[0].shape[1] or self.teacher.mean_kd.shape[1] != inputs[0].shape[1]:
+            self._match_channels(inputs[0].shape[1])
         batch_views = self.batch_views
         if batch_views is None:
             batch_views = _BATCH_VIEWS_DEFAULT.get(inputs[0].device.type, False)

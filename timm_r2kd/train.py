@@ -10,7 +10,9 @@ import logging
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections import OrderedDict
 from contextlib import nullcontext, suppress
@@ -36,6 +38,7 @@ from timm.task import (
 from timm.utils import NativeScaler
 
 from .args import parse_args
+from .checks import UsageError
 from .data import create_r2kd_dataset, dataset_label_names, use_pad_crop
 from .hub import HubPushError, push_folder, resolve_token, save_hf
 from .losses import create_distill_loss
@@ -56,68 +59,64 @@ except ImportError:
     has_wandb = False
 
 
-class UsageError(ValueError):
-    """Bad command-line input; the message says what to change."""
-
-
 class NonFiniteLossError(RuntimeError):
     """The training loss stopped being finite."""
 
 
-def _resolve_kd(args) -> None:
-    """Fill args.kd_loss / args.r2kd_view and check the distillation flags against each other."""
-    if args.kd_loss is not None and args.kd_loss not in ('kl', 'dist', 'r2kd'):
-        raise UsageError(f"--kd-loss/--kd-loss-type '{args.kd_loss}' is not one of kl, dist, r2kd.")
-    if args.r2kd:
-        if args.kd_loss not in (None, 'r2kd'):
-            raise UsageError(f'--r2kd conflicts with --kd-loss {args.kd_loss}; pass one of them.')
-        args.kd_loss = 'r2kd'
-    if args.teacher is None:
-        if args.kd_loss is not None or args.r2kd_view not in (None, 'none') or args.teacher_checkpoint:
-            raise UsageError('Distillation needs a teacher: add --teacher NAME (and --teacher-checkpoint PATH '
-                             'for weights you trained), or drop --r2kd/--kd-loss/--r2kd-view.')
-        args.r2kd_view = 'none'
-        return
-    if args.kd_distill_type != 'logit':
-        if args.kd_loss not in (None, 'kl'):
-            raise UsageError(f'--kd-distill-type {args.kd_distill_type} runs timm\'s own task; it takes no '
-                             f'--kd-loss {args.kd_loss}.')
-        args.r2kd_view = 'none'
-        return
-    args.kd_loss = args.kd_loss or 'kl'
-    if args.r2kd_view is None:
-        args.r2kd_view = 'cutmix' if args.kd_loss == 'r2kd' else 'none'
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM stopped training at a safe point, after saving ``resume_path``."""
+
+    def __init__(self, signum: int, resume_path: Optional[str]):
+        super().__init__(signum, resume_path)
+        self.signum = signum
+        self.resume_path = resume_path
+
+
+class StopSignal:
+    """Context that turns SIGINT/SIGTERM into a request to stop after the current update.
+
+    A second signal stops at once (KeyboardInterrupt). Under DDP every process stops at the same
+    update: the request is all-reduced when it is checked.
+    """
+
+    def __init__(self, distributed: bool = False):
+        self.distributed = distributed
+        self.signum: Optional[int] = None
+        self._previous = {}
+
+    def __enter__(self) -> 'StopSignal':
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        _logger.warning(f'{signal.Signals(signum).name}: stopping after the current update, saving a checkpoint '
+                        f'(send it again to stop at once, without saving).')
+
+    def requested(self, device: torch.device) -> bool:
+        """Whether any process was asked to stop (a collective call under DDP)."""
+        if not self.distributed:
+            return self.signum is not None
+        flag = torch.tensor([0 if self.signum is None else self.signum], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and self.signum is None:
+            self.signum = int(flag.item())
+        return bool(flag.item())
 
 
 def _autoaug_policy(args) -> str:
     if args.r2kd_autoaug_policy != 'auto':
         return args.r2kd_autoaug_policy
     return 'cifar10' if (args.dataset or '').lower() in ('torch/cifar10', 'torch/cifar100') else 'imagenet'
-
-
-def _check_args(args) -> None:
-    if args.naflex_loader:
-        raise UsageError('--naflex-loader is not supported by train_r2kd: distillation views need fixed-size '
-                         'image batches. Use timm\'s train.py for NaFlex training.')
-    if args.aug_splits and args.aug_splits < 2:
-        raise UsageError('--aug-splits must be 0 or >= 2.')
-    if args.teacher is not None:
-        if args.aug_splits:
-            raise UsageError('--aug-splits cannot be combined with a teacher: the batch splits carry the R2KD '
-                             'view. Use --r2kd-view augmix for an AugMix view.')
-        if args.r2kd_view in IMAGE_VIEWS and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
-            raise UsageError(f'--r2kd-view {args.r2kd_view} cannot be combined with --mixup/--cutmix on the base '
-                             f'view (both reshape the batch). Use --r2kd-view mixup/cutmix, or drop --mixup/--cutmix.')
-        per_class = args.kd_loss in ('r2kd', 'dist') and args.kd_distill_type == 'logit'
-        if per_class and args.batch_size < 2:
-            raise UsageError(f'--batch-size {args.batch_size} is too small for --kd-loss {args.kd_loss}: its '
-                             f'per-class term compares columns of the batch and needs at least 2 samples.')
-        if args.r2kd_view in ('mixup', 'cutmix') and args.batch_size % 2:
-            raise UsageError(f'--r2kd-view {args.r2kd_view} pairs samples: use an even --batch-size.')
-    if args.prune_weight < 0 or args.prune_weight > 1:
-        raise UsageError(f'--prune-weight must be in [0, 1], got {args.prune_weight}.')
-    if not 0 <= args.prune_rate < 1:
-        raise UsageError(f'--prune-rate must be in [0, 1), got {args.prune_rate}.')
 
 
 def _init_device(args) -> torch.device:
@@ -211,9 +210,6 @@ def _build_teacher(args, data_config: Dict[str, Any], device: torch.device, mode
 
 
 def _fuse_teacher_bn(teacher: DistillationTeacher, args) -> None:
-    if args.reference_parity:
-        raise UsageError('--teacher-fuse-bn folds eval-mode BatchNorm; --reference-parity runs the pruned '
-                         'teacher\'s BatchNorm in train mode. Drop one of them.')
     from torch.fx.experimental.optimization import fuse
     for attr in ('model', 'pruned_model'):
         module = getattr(teacher, attr, None)
@@ -370,8 +366,10 @@ def train_one_epoch(
         model_dtype=None,
         mixup_fn=None,
         num_epochs: int = 1,
+        stop: Optional[StopSignal] = None,
 ) -> Dict[str, float]:
-    """One epoch of updates; raises NonFiniteLossError when the loss stops being finite."""
+    """One epoch of updates; raises NonFiniteLossError when the loss stops being finite, and
+    TrainingStopped (after saving a recovery checkpoint) when ``stop`` was signalled mid-epoch."""
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
         if args.prefetcher and getattr(loader, 'mixup_enabled', False):
             loader.mixup_enabled = False
@@ -490,6 +488,11 @@ def train_one_epoch(
             saver.save_recovery(epoch, batch_idx=update_idx)
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=num_updates, metric=losses_m.avg)
+        if stop is not None and not last_batch and stop.requested(device):
+            progress.close()
+            if saver is not None:
+                saver.save_recovery(epoch, batch_idx=update_idx)
+            raise TrainingStopped(stop.signum, saver.curr_recovery_file if saver is not None else None)
         update_sample_count = 0
         data_start_time = time.time()
 
@@ -524,8 +527,10 @@ def _export(args, output_dir: str) -> str:
     """Write the Hub folder for the best checkpoint and push it if asked; returns the folder."""
     best = os.path.join(output_dir, 'model_best.pth.tar')
     checkpoint = best if os.path.isfile(best) else os.path.join(output_dir, 'last.pth.tar')
+    # the run's own hf_export (in its folder) is replaced when a resumed run exports again
     folder = args.save_hf or os.path.join(output_dir, 'hf_export')
-    save_hf(checkpoint, folder, repo_name=args.push_to_hub)
+    save_hf(checkpoint, folder, repo_name=args.push_to_hub, overwrite=args.overwrite_export or not args.save_hf,
+            flag='--save-hf')
     _logger.info(f'Hub folder written to {folder}')
     if args.push_to_hub:
         url = push_folder(folder, args.push_to_hub, token=resolve_token(args.hub_token_env),
@@ -545,9 +550,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         (teacher evaluation) and 'args'.
     """
     utils.setup_default_logging()
-    args, args_text = parse_args(argv)
     command = 'python train_r2kd.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
+        args, args_text = parse_args(argv)
         return _main(args, args_text, command)
     except (UsageError, TeacherError) as e:
         _logger.error(str(e))
@@ -558,6 +563,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     except HubPushError as e:
         _logger.error(str(e))
         raise SystemExit(4) from e
+    except TrainingStopped as e:
+        where = f'resume with --resume {e.resume_path}' if e.resume_path else 'this process saved nothing'
+        _logger.error(f'Stopped by {signal.Signals(e.signum).name}: {where}. Nothing was exported or pushed.')
+        raise SystemExit(128 + e.signum) from e
+    except KeyboardInterrupt as e:
+        _logger.error('Interrupted: nothing was saved at this point, and nothing was exported or pushed.')
+        raise SystemExit(128 + signal.SIGINT) from e
 
 
 def _main(args, args_text: str, command: str) -> Dict[str, Any]:
@@ -565,8 +577,6 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
         import importlib
         for module in args.device_modules:
             importlib.import_module(module)
-    _resolve_kd(args)
-    _check_args(args)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
@@ -639,15 +649,23 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
     dataset_kwargs = dict(class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size,
                           input_img_mode=input_img_mode, input_key=args.input_key, target_key=args.target_key,
                           trust_remote_code=args.dataset_trust_remote_code)
-    dataset_train = create_r2kd_dataset(
-        args.dataset, args.data_dir, args.train_split, is_training=True, num_samples=args.train_num_samples,
-        seed=args.seed, repeats=args.epoch_repeats, **dataset_kwargs)
-    dataset_eval = None
-    if args.val_split:
-        dataset_eval = create_r2kd_dataset(
-            args.dataset, args.data_dir, args.val_split, is_training=False, num_samples=args.val_num_samples,
-            **dataset_kwargs)
+    try:
+        dataset_train = create_r2kd_dataset(
+            args.dataset, args.data_dir, args.train_split, is_training=True, num_samples=args.train_num_samples,
+            seed=args.seed, repeats=args.epoch_repeats, **dataset_kwargs)
+        dataset_eval = None
+        if args.val_split:
+            dataset_eval = create_r2kd_dataset(
+                args.dataset, args.data_dir, args.val_split, is_training=False, num_samples=args.val_num_samples,
+                **dataset_kwargs)
+    except (OSError, ValueError, AssertionError, RuntimeError) as e:  # timm asserts on unknown names/splits
+        raise UsageError(f"Could not read the dataset '{args.dataset or args.data_dir}' ({type(e).__name__}: {e}). "
+                         f"Check --dataset, --data-dir and --train-split/--val-split.") from e
     label_names = dataset_label_names(dataset_train)
+    if label_names and args.num_classes is not None and args.num_classes < len(label_names):
+        raise UsageError(f'--num-classes {args.num_classes} is below the {len(label_names)} classes of the '
+                         f'dataset ({", ".join(map(str, label_names[:3]))}, ...): set --num-classes '
+                         f'{len(label_names)}.')
 
     train_interpolation = args.train_interpolation
     if args.no_aug or not train_interpolation:
@@ -831,19 +849,24 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
 
     results = []
     best_metric, best_epoch = (saver.best_metric, saver.best_epoch) if saver is not None else (None, None)
+    stop = StopSignal(distributed=args.distributed).__enter__()
     try:
         for epoch in range(start_epoch, num_epochs):
             _set_loader_epoch(loader_train, epoch)
             train_metrics = train_one_epoch(
                 epoch, task, loader_train, optimizer, args, device, lr_scheduler=lr_scheduler, saver=saver,
                 output_dir=output_dir, amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_dtype=model_dtype,
-                mixup_fn=mixup_fn, num_epochs=num_epochs)
+                mixup_fn=mixup_fn, num_epochs=num_epochs, stop=stop)
             trainable = task.get_trainable_module()
             if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
                 utils.distribute_bn(trainable, args.world_size, args.dist_bn == 'reduce')
             if (epoch + 1) % args.val_interval != 0 and epoch + 1 != num_epochs:
                 if lr_scheduler is not None:
                     lr_scheduler.step(epoch + 1, metric=None)
+                if stop.requested(device):
+                    if saver is not None:
+                        saver.save_recovery(epoch, batch_idx=updates_per_epoch - 1)
+                    raise TrainingStopped(stop.signum, saver.curr_recovery_file if saver is not None else None)
                 continue
 
             eval_metrics = None
@@ -871,9 +894,10 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
             if lr_scheduler is not None:
                 lr_scheduler.step(epoch + 1, latest_metric)
             results.append(OrderedDict(epoch=epoch, train=train_metrics, validation=eval_metrics))
-    except KeyboardInterrupt:
-        _logger.warning('Interrupted: the last complete epoch is in last.pth.tar; resume with --resume.')
+            if stop.requested(device):  # even after the last epoch: a stop request never exports or pushes
+                raise TrainingStopped(stop.signum, os.path.join(output_dir, 'last.pth.tar') if output_dir else None)
     finally:
+        stop.__exit__()
         if args.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
