@@ -11,21 +11,26 @@ import timm
 import torch
 from timm.data import resolve_data_config
 
-from timm_r2kd.data import DEBIAN_FASHION_MNIST
 from timm_r2kd.hub import HubPushError, build_student, push_folder, save_hf
 from timm_r2kd.train import main
 
+from conftest import FMNIST_DIR, needs_data
 from fake_hub import FakeHub
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = 'hf_FakeTokenForTests0123456789'
-pytestmark = pytest.mark.skipif(
-    not os.path.isfile(os.path.join(DEBIAN_FASHION_MNIST, 'train-images-idx3-ubyte.gz')),
-    reason='Fashion-MNIST missing: apt-get install dataset-fashion-mnist')
+pytestmark = needs_data
+
+
+@pytest.fixture(autouse=True)
+def _lfs_not_xet(monkeypatch):
+    # the stand-in speaks the Hub's LFS protocol, not Xet (which huggingface_hub prefers with hf_xet)
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_DISABLE_XET', True)
+    monkeypatch.setenv('HF_HUB_DISABLE_XET', '1')
 
 
 def _argv(out, experiment, *extra, samples=1024):
-    return ['--dataset', 'torch/fashion_mnist', '--data-dir', DEBIAN_FASHION_MNIST, '--in-chans', '1',
+    return ['--dataset', 'torch/fashion_mnist', '--data-dir', FMNIST_DIR, '--in-chans', '1',
             '--img-size', '28', '--num-classes', '10', '--train-num-samples', str(samples), '--val-num-samples', '256',
             '-b', '64', '--epochs', '1', '--device', 'cpu', '--workers', '0', '--lr', '0.1', '--warmup-epochs', '0',
             '--output', str(out), '--experiment', experiment, '--seed', '0', *extra]
@@ -99,7 +104,7 @@ def test_push_uploads_the_folder_without_leaking_the_token(run, caplog, tmp_path
         url = push_folder(export, 'me/student', token=TOKEN, private=True, endpoint=hub.endpoint, timeout=60)
     assert 'me/student' in url
     assert hub.repos['me/student']['private'] is True
-    assert hub.repos['me/student']['files'] == before  # exactly the exported files
+    assert hub.files('me/student') == before  # exactly the exported files
     assert any(h.get('authorization') == f'Bearer {TOKEN}' or h.get('Authorization') == f'Bearer {TOKEN}'
                for _, _, h in hub.requests)
     assert _files(export) == before
@@ -148,7 +153,7 @@ def test_trainer_push_and_failed_push_exit_code(tmp_path, run):
         env = dict(os.environ, HF_ENDPOINT=hub.endpoint, MY_HUB_TOKEN=TOKEN)
         done = subprocess.run(cmd('pushed'), capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert {'model.safetensors', 'config.json', 'README.md'} <= set(hub.repos['me/pushed']['files'])
+        assert {'model.safetensors', 'config.json', 'README.md'} <= set(hub.files('me/pushed'))
     assert TOKEN not in done.stdout + done.stderr
     with FakeHub('403') as hub:
         env = dict(os.environ, HF_ENDPOINT=hub.endpoint, MY_HUB_TOKEN=TOKEN)
@@ -157,3 +162,66 @@ def test_trainer_push_and_failed_push_exit_code(tmp_path, run):
     assert 'forbidden (403)' in failed.stderr and str(tmp_path / 'refused' / 'hf_export') in failed.stderr
     assert (tmp_path / 'refused' / 'hf_export' / 'model.safetensors').is_file()
     assert TOKEN not in failed.stdout + failed.stderr
+
+
+def test_push_goes_through_lfs_and_hf_hub_loading_reproduces_the_student(run, tmp_path):
+    export = run['export_dir']
+    student, _, _ = build_student(os.path.join(run['output_dir'], 'model_best.pth.tar'))
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = student(x)
+    torch.save(x, tmp_path / 'x.pt')
+    with FakeHub() as hub:
+        push_folder(export, 'me/student', token=TOKEN, endpoint=hub.endpoint, timeout=60)
+        # the weights took the LFS route: batch API, PUT of the content, pointer in the commit
+        assert hub.lfs_uploads == [('me/student', 'model.safetensors')]
+        assert any('.git/info/lfs/objects/batch' in p for _, p, _ in hub.requests)
+        assert hub.files('me/student')['model.safetensors'] == (Path(export) / 'model.safetensors').read_bytes()
+        code = ('import sys, timm, torch; m = timm.create_model("hf-hub:me/student", pretrained=True).eval(); '
+                'x = torch.load(sys.argv[1]); torch.save(m(x).detach(), sys.argv[2]); '
+                'print(m.pretrained_cfg["label_names"][9])')
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / 'hf_home'), HF_HUB_OFFLINE='0')
+        done = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')],
+                              capture_output=True, text=True, env=env, cwd='/', timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split('\n')[0] == 'Ankle boot'
+    assert any(m == 'GET' and '/me/student/resolve/main/model.safetensors' in p for m, p, _ in hub.requests)
+    torch.testing.assert_close(torch.load(tmp_path / 'y.pt'), expected)
+
+
+def test_hub_command_pushes_a_checkpoint_to_a_branch(run, tmp_path):
+    checkpoint = os.path.join(run['output_dir'], 'model_best.pth.tar')
+    with FakeHub() as hub:
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, MY_HUB_TOKEN=TOKEN, HF_HUB_DISABLE_XET='1')
+        done = subprocess.run(
+            [sys.executable, '-m', 'timm_r2kd.hub', 'push', checkpoint, 'me/cli', '--revision', 'dev', '--token-env',
+             'MY_HUB_TOKEN', '--save-dir', str(tmp_path / 'cli_export')],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert hub.files('me/cli', 'main') == {}  # everything landed on the branch
+        dev = hub.files('me/cli', 'dev')
+        assert dev == _files(tmp_path / 'cli_export')
+        assert {'model.safetensors', 'config.json', 'README.md', 'args.yaml'} <= set(dev)
+    assert TOKEN not in done.stdout + done.stderr
+
+
+def test_trainer_hub_revision_lands_on_the_branch(tmp_path, run):
+    teacher_ckpt = Path(run['output_dir']).parent / 'teacher' / 'last.pth.tar'
+    with FakeHub() as hub:
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, MY_HUB_TOKEN=TOKEN, HF_HUB_DISABLE_XET='1')
+        done = subprocess.run([sys.executable, str(REPO / 'train_r2kd.py')] + _argv(
+            tmp_path, 'branch', '--model', 'test_resnet', '--teacher', 'test_resnet', '--teacher-checkpoint',
+            str(teacher_ckpt), '--r2kd', '--push-to-hub', 'me/branched', '--hub-token-env', 'MY_HUB_TOKEN',
+            '--hub-revision', 'experiment-1', samples=256), capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert hub.files('me/branched', 'main') == {}
+        assert 'model.safetensors' in hub.files('me/branched', 'experiment-1')
+
+
+def test_card_metadata_parses_with_huggingface_hub(run):
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(Path(run['export_dir']) / 'README.md')
+    assert card.data.library_name == 'timm' and card.data.pipeline_tag == 'image-classification'
+    assert {'timm', 'knowledge-distillation', 'r2kd'} <= set(card.data.tags)
+    assert card.data.datasets == ['fashion_mnist']
+    assert card.text.lstrip().startswith('# ')

@@ -14,7 +14,8 @@ import yaml
 from timm_r2kd.hub import main as hub_main
 from timm_r2kd.train import main
 
-from test_train import REPO, _base, needs_data
+from conftest import needs_data
+from test_train import REPO, _base
 
 TOKEN = 'hf_' + 'AbCdEfGhIjKlMnOpQrStUvWx12'
 

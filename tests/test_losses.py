@@ -159,3 +159,25 @@ def test_shape_mismatch_is_a_clear_error():
         R2KDLoss()(torch.randn(4, 1), torch.randn(4, 1))
     with pytest.raises(ValueError, match='temperature'):
         R2KDLoss(temperature=0)
+
+
+@pytest.mark.parametrize('loss, part', [
+    (R2KDLoss(temperature=2.0), 'value'),
+    (R2KDLoss(temperature=2.0), 'rank'),  # soft ranks of the student
+    (R2KDLoss(temperature=4.0, rank_smoothing=1.0), None),
+    (DISTLoss(), None),
+])
+def test_gradcheck_float64_through_the_losses(loss, part):
+    from torch.autograd import gradcheck
+    generator = torch.Generator().manual_seed(0)
+    z_s = torch.randn(6, 7, dtype=torch.float64, generator=generator, requires_grad=True)
+    z_t = torch.randn(6, 7, dtype=torch.float64, generator=generator)
+
+    def f(z):
+        parts = loss.parts(z, z_t)
+        return parts[part] if part else sum(parts.values())
+
+    assert f(z_s).dtype == torch.float64
+    assert gradcheck(f, (z_s,), eps=1e-6, atol=1e-5)
+    f(z_s).backward()
+    assert z_s.grad.abs().sum() > 0

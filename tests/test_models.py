@@ -1,4 +1,6 @@
 """The CIFAR architectures of the KD literature, registered with timm."""
+import os
+
 import pytest
 import timm
 import torch
@@ -6,6 +8,8 @@ import torch
 import timm_r2kd  # noqa: F401  registers the models
 from timm_r2kd.models import convert_kd_checkpoint
 from timm_r2kd.teacher_io import TeacherError, load_weights
+
+from conftest import FMNIST_DIR, needs_data
 
 # exact parameter counts and outputs against the community's definitions: test_zoo_reference.py
 NAMES = ['resnet8', 'resnet14', 'resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110', 'resnet8x4', 'resnet32x4',
@@ -86,25 +90,27 @@ def test_every_pair_has_a_baseline_twin():
             assert recipe.replace('.yaml', '_kl.yaml') in RECIPES
 
 
+@needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize('recipe', RECIPES)
 def test_recipe_runs_one_tiny_step(recipe, tmp_path):
-    import os
-
     import yaml
 
-    from timm_r2kd.data import DEBIAN_FASHION_MNIST
     from timm_r2kd.train import main
-    if not os.path.isfile(os.path.join(DEBIAN_FASHION_MNIST, 'train-images-idx3-ubyte.gz')):
-        pytest.skip('Fashion-MNIST missing')
     root = __import__('pathlib').Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load(open(root / recipe))
     assert cfg['kd_loss'] in ('r2kd', 'kl') and timm.is_model(cfg['model'])
     # CIFAR/ImageNet are not on this machine: the same recipe on a few Fashion-MNIST images
-    summary = main(['-c', str(root / recipe), '--dataset', 'torch/fashion_mnist', '--data-dir', DEBIAN_FASHION_MNIST,
+    summary = main(['-c', str(root / recipe), '--dataset', 'torch/fashion_mnist', '--data-dir', FMNIST_DIR,
                     '--num-classes', '10', '--img-size', '32', '--train-split', 'train', '--val-split', 'validation',
                     '--train-num-samples', '8', '--val-num-samples', '8', '-b', '4', '--epochs', '1', '--device', 'cpu',
                     '--workers', '0', '--no-teacher-pretrained', '--allow-weak-teacher', '--output', str(tmp_path),
                     '--experiment', 'recipe'])
     assert summary['args']['model'] == cfg['model'] and summary['args']['lr'] == cfg['lr']
     assert summary['results'][0]['train']['loss'] > 0
+    # the optimizer that ran is the recipe's: SGD with its momentum and weight decay (timm exempts
+    # biases and norm weights from decay, so one parameter group carries it)
+    state = torch.load(os.path.join(summary['output_dir'], 'last.pth.tar'), map_location='cpu', weights_only=False)
+    groups = state['optimizer']['param_groups']
+    assert cfg['opt'] == 'sgd' and all('dampening' in g and g['momentum'] == cfg['momentum'] for g in groups)
+    assert sorted({g['weight_decay'] for g in groups}) == [0.0, cfg['weight_decay']]

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torchvision.utils
 from timm import utils
 from timm.data import AugMixDataset, FastCollateMixup, Mixup, create_loader, resolve_data_config
+from timm.data.random_erasing import RandomErasing
 from timm.layers import convert_splitbn_model, convert_sync_batchnorm, set_fast_norm
 from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import create_model, safe_model_name
@@ -36,6 +37,7 @@ from timm.task import (
     evaluation_sample_limit, load_task_ema_checkpoint, resume_task_checkpoint,
 )
 from timm.utils import NativeScaler
+from timm.utils.checkpoint_saver import load_checkpoint_metadata
 
 from .args import parse_args
 from .checks import UsageError
@@ -48,6 +50,7 @@ from .task import R2KDTask
 from .teacher import PrunedTeacher
 from .teacher_io import TeacherError, create_teacher_model, is_weak, match_channels
 from .version import __version__
+from .sampling import SeededDataset, install_resumable_sampler, next_position, seed_step
 from .views import BATCH_VIEWS, IMAGE_VIEWS, ViewDataset, create_batch_view, create_image_view
 
 _logger = logging.getLogger('train_r2kd')
@@ -367,9 +370,14 @@ def train_one_epoch(
         mixup_fn=None,
         num_epochs: int = 1,
         stop: Optional[StopSignal] = None,
+        start_batch: int = 0,
+        random_erasing=None,
 ) -> Dict[str, float]:
-    """One epoch of updates; raises NonFiniteLossError when the loss stops being finite, and
-    TrainingStopped (after saving a recovery checkpoint) when ``stop`` was signalled mid-epoch."""
+    """One epoch of updates (from ``start_batch`` on, when resuming mid-epoch).
+
+    Raises NonFiniteLossError when the loss stops being finite, and TrainingStopped (after saving a
+    recovery checkpoint) when ``stop`` was signalled mid-epoch.
+    """
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
         if args.prefetcher and getattr(loader, 'mixup_enabled', False):
             loader.mixup_enabled = False
@@ -385,7 +393,7 @@ def train_one_epoch(
     accum_steps = args.grad_accum_steps
     last_accum_steps = len(loader) % accum_steps
     updates_per_epoch = (len(loader) + accum_steps - 1) // accum_steps
-    num_updates = epoch * updates_per_epoch
+    num_updates = epoch * updates_per_epoch + start_batch // accum_steps
     last_batch_idx = len(loader) - 1
     last_batch_idx_to_accum = len(loader) - last_accum_steps
     progress = ProgressBar(updates_per_epoch, f'Epoch {epoch}', enabled=(
@@ -393,7 +401,7 @@ def train_one_epoch(
     epoch_start = data_start_time = update_start_time = time.time()
     optimizer.zero_grad()
     update_sample_count = 0
-    for batch_idx, (input, target) in enumerate(loader):
+    for batch_idx, (input, target) in enumerate(loader, start=start_batch):  # r2kd: mid-epoch resume
         last_batch = batch_idx == last_batch_idx
         need_update = last_batch or (batch_idx + 1) % accum_steps == 0
         update_idx = batch_idx // accum_steps
@@ -402,10 +410,14 @@ def train_one_epoch(
         if isinstance(input, (tuple, list)):  # splits without the prefetcher: [clean; view ...]
             input = torch.cat(list(input))
             target = target.repeat(len(input) // target.shape[0])
+        # r2kd: this step's draws (mixup, views, erasing, dropout) are a function of (seed, epoch, step)
+        seed_step(args.seed, args.rank, epoch, batch_idx)
         if not args.prefetcher:
             input, target = input.to(device=device, dtype=model_dtype), target.to(device=device)
             if mixup_fn is not None:
                 input, target = mixup_fn(input, target)
+        elif random_erasing is not None:
+            input = random_erasing(input)
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
         data_time_m.update(accum_steps * (time.time() - data_start_time))
@@ -484,6 +496,8 @@ def train_one_epoch(
                     torchvision.utils.save_image(
                         input, os.path.join(output_dir, f'train-batch-{batch_idx}.jpg'), padding=0, normalize=True)
 
+        if saver is not None:
+            saver.next_position = next_position(epoch, batch_idx + 1, len(loader))
         if saver is not None and args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
             saver.save_recovery(epoch, batch_idx=update_idx)
         if lr_scheduler is not None:
@@ -512,6 +526,18 @@ def train_one_epoch(
 def _format_seconds(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+class RunSaver(utils.CheckpointSaver):
+    """timm's checkpoint saver that also records where training continues from each checkpoint.
+
+    ``next_position`` (epoch, batch) goes into the checkpoint's 'saver' entry, so a resume from a
+    mid-epoch recovery checkpoint continues at the next batch, not the next epoch.
+    """
+    next_position = (0, 0)
+
+    def state_dict(self, epoch=None, metric=None):
+        return dict(super().state_dict(epoch, metric), next_position=tuple(self.next_position))
 
 
 def _set_loader_epoch(loader, epoch: int) -> None:
@@ -697,6 +723,14 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
     elif args.r2kd_view in BATCH_VIEWS:
         view_transform = create_batch_view(args.r2kd_view, args.num_classes, per_sample=not args.reference_parity)
 
+    if not isinstance(dataset_train, torch.utils.data.IterableDataset):
+        dataset_train = SeededDataset(dataset_train, args.seed)  # r2kd: augmentation draws per (seed, epoch, index)
+    random_erasing = None
+    if args.prefetcher and args.reprob > 0:
+        # r2kd: timm's prefetcher erases one batch ahead of the step; erase in the step, after its reseed
+        random_erasing = RandomErasing(
+            probability=args.reprob, mode=args.remode, max_count=args.recount,
+            num_splits=(loader_splits or 2) if args.resplit else 0, device=device)
     common_loader_kwargs = dict(mean=data_config['mean'], std=data_config['std'], pin_memory=args.pin_mem,
                                 img_dtype=model_dtype or torch.float32, device=device,
                                 distributed=args.distributed, use_prefetcher=args.prefetcher)
@@ -706,7 +740,7 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
         batch_size=args.batch_size,
         is_training=True,
         no_aug=args.no_aug,
-        re_prob=args.reprob,
+        re_prob=0. if random_erasing is not None else args.reprob,
         re_mode=args.remode,
         re_count=args.recount,
         re_split=args.resplit,
@@ -740,6 +774,10 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
     )
     if args.crop_padding is not None:
         use_pad_crop(loader_train.dataset, data_config['input_size'][-1], args.crop_padding)
+    sampler = install_resumable_sampler(loader_train, args.seed, args.world_size, args.rank)
+    if sampler is None and utils.is_primary(args):
+        _logger.warning('This loader (iterable dataset, --aug-repeats, scheduled sizes or --use-multi-epochs-loader) '
+                        'keeps timm\'s sample order: a resumed run will not repeat the uninterrupted one exactly.')
     if len(loader_train) == 0:
         raise UsageError(f'The training set ({len(dataset_train)} samples) gives no full batch of '
                          f'{args.batch_size}. Lower --batch-size or use more samples.')
@@ -816,7 +854,7 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
         exp_name = args.experiment or '-'.join([
             datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
         output_dir = utils.get_outdir(args.output if args.output else './output/train', exp_name)
-        saver = utils.CheckpointSaver(
+        saver = RunSaver(
             model=task.get_trainable_module(), optimizer=optimizer, args=args, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing_metric,
             max_history=args.checkpoint_hist, task=task)
@@ -841,11 +879,21 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing_metric), updates_per_epoch=updates_per_epoch)
     start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
-    if lr_scheduler is not None and start_epoch > 0:
+    start_batch = 0
+    if args.resume and args.start_epoch is None:
+        # r2kd: where the checkpoint says training continues (mid-epoch for a recovery checkpoint)
+        saved = (load_checkpoint_metadata(args.resume).get('saver') or {}).get('next_position')
+        if saved is not None:
+            start_epoch, start_batch = saved
+    if lr_scheduler is not None and (start_epoch > 0 or start_batch > 0):
         if args.sched_on_updates:
             lr_scheduler.step_update(start_epoch * updates_per_epoch)
         else:
             lr_scheduler.step(start_epoch)
+        if start_batch:
+            lr_scheduler.step_update(num_updates=start_epoch * updates_per_epoch + start_batch // args.grad_accum_steps)
+    if start_batch and utils.is_primary(args):
+        _logger.info(f'Resuming epoch {start_epoch} at batch {start_batch} of {len(loader_train)}.')
 
     results = []
     best_metric, best_epoch = (saver.best_metric, saver.best_epoch) if saver is not None else (None, None)
@@ -853,10 +901,14 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
     try:
         for epoch in range(start_epoch, num_epochs):
             _set_loader_epoch(loader_train, epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+                sampler.set_start(start_batch if epoch == start_epoch else 0)
             train_metrics = train_one_epoch(
                 epoch, task, loader_train, optimizer, args, device, lr_scheduler=lr_scheduler, saver=saver,
                 output_dir=output_dir, amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_dtype=model_dtype,
-                mixup_fn=mixup_fn, num_epochs=num_epochs, stop=stop)
+                mixup_fn=mixup_fn, num_epochs=num_epochs, stop=stop,
+                start_batch=start_batch if epoch == start_epoch else 0, random_erasing=random_erasing)
             trainable = task.get_trainable_module()
             if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
                 utils.distribute_bn(trainable, args.world_size, args.dist_bn == 'reduce')
@@ -865,6 +917,7 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
                     lr_scheduler.step(epoch + 1, metric=None)
                 if stop.requested(device):
                     if saver is not None:
+                        saver.next_position = (epoch + 1, 0)
                         saver.save_recovery(epoch, batch_idx=updates_per_epoch - 1)
                     raise TrainingStopped(stop.signum, saver.curr_recovery_file if saver is not None else None)
                 continue
@@ -890,6 +943,7 @@ def _main(args, args_text: str, command: str) -> Dict[str, Any]:
                     log_wandb=args.log_wandb and has_wandb)
             latest_metric = (eval_metrics or train_metrics)[eval_metric]
             if saver is not None:
+                saver.next_position = (epoch + 1, 0)
                 best_metric, best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
             if lr_scheduler is not None:
                 lr_scheduler.step(epoch + 1, latest_metric)

@@ -156,6 +156,9 @@ def create_image_view(
         hparams['interpolation'] = str_to_pil_interp(interpolation)
     policy = _IMAGE_POLICIES[name]
     if name == 'randaug':
+        # timm clips the noisy magnitude at 10, where PosterizeIncreasing keeps 0 bits, which Pillow
+        # (>= 10) refuses with a ValueError mid-epoch; just below 10 it keeps 1 bit
+        hparams['magnitude_max'] = 9.99
         return rand_augment_transform(policy, hparams)
     if name == 'augmix':
         hparams['translate_pct'] = 0.3

@@ -1,0 +1,78 @@
+"""Corruptions of the robustness evaluation: each degrades by its documented amount, reproducibly, in range."""
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from timm_r2kd.robustness import CORRUPTIONS, corrupt
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+def _normalised(pixels):
+    m, s = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return (pixels - m) / s, lambda x: x * s + m
+
+
+def _pixels(n=4, size=32, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_noise_adds_the_documented_std():
+    flat = torch.full((8, 3, 32, 32), 0.5)  # far from 0 and 1: clipping is negligible
+    x, back = _normalised(flat)
+    noise = back(corrupt(x, 'gaussian_noise', MEAN, STD, seed=3)) - flat
+    assert abs(noise.std().item() - 0.08) < 0.004 and abs(noise.mean().item()) < 0.004
+
+
+def test_blur_is_a_gaussian_of_sigma_1_over_5_pixels():
+    pixels = _pixels()
+    x, back = _normalised(pixels)
+    ax = torch.arange(5, dtype=torch.float32) - 2
+    g = torch.exp(-ax ** 2 / 2)
+    kernel = (g[:, None] * g[None, :]) / g.sum() ** 2
+    padded = F.pad(pixels, (2, 2, 2, 2), mode='reflect')
+    expected = F.conv2d(padded, kernel.expand(3, 1, 5, 5), groups=3)
+    torch.testing.assert_close(back(corrupt(x, 'blur', MEAN, STD)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_contrast_pulls_pixels_60_percent_to_the_image_mean():
+    pixels = _pixels()
+    x, back = _normalised(pixels)
+    mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(back(corrupt(x, 'contrast', MEAN, STD)), mean + 0.4 * (pixels - mean),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_jpeg_is_a_quality_20_round_trip():
+    pixels = (_pixels(2) * 255).round() / 255
+    x, back = _normalised(pixels)
+    out = back(corrupt(x, 'jpeg', MEAN, STD))
+    for img, got in zip(pixels, out):
+        buffer = io.BytesIO()
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            buffer, format='JPEG', quality=20)
+        expected = torch.from_numpy(np.asarray(Image.open(buffer), dtype=np.float32) / 255).permute(2, 0, 1)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert (out - pixels).abs().mean() > 0.01
+
+
+@pytest.mark.parametrize('name', CORRUPTIONS)
+def test_each_corruption_changes_the_image_reproducibly_and_stays_in_range(name):
+    pixels = _pixels()
+    x, back = _normalised(pixels)
+    a, b = corrupt(x, name, MEAN, STD, seed=1), corrupt(x, name, MEAN, STD, seed=1)
+    assert torch.equal(a, b)
+    out = back(a)
+    assert out.min() >= -1e-5 and out.max() <= 1 + 1e-5
+    assert (out - pixels).abs().mean() > 0.01
+    if name == 'gaussian_noise':
+        assert not torch.equal(a, corrupt(x, name, MEAN, STD, seed=2))
+
+
+def test_unknown_corruption():
+    with pytest.raises(ValueError, match='Unknown corruption'):
+        corrupt(torch.zeros(1, 3, 8, 8), 'fog', MEAN, STD)
