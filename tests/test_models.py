@@ -7,7 +7,7 @@ import torch
 
 import timm_r2kd  # noqa: F401  registers the models
 from timm_r2kd.models import convert_kd_checkpoint
-from timm_r2kd.teacher_io import TeacherError, load_weights
+from timm_r2kd.teacher import TeacherError, load_weights
 
 from conftest import FMNIST_DIR, needs_data
 

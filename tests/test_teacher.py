@@ -7,7 +7,7 @@ import torch.nn as nn
 from timm.task import DistillationTeacher
 
 from timm_r2kd import PrunedTeacher, l1_prune
-from timm_r2kd.teacher import prunable_weights
+from timm_r2kd.pruning import prunable_weights
 
 
 def _teacher_model():

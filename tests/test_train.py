@@ -272,10 +272,8 @@ def test_torchrun_two_processes_gloo(tmp_path, teacher_ckpt):
 
 
 def test_teacher_bn_folding_keeps_logits():
-    from types import SimpleNamespace
-
     from timm_r2kd.teacher import PrunedTeacher
-    from timm_r2kd.train import _fuse_teacher_bn
+    from timm_r2kd.teacher import fuse_batchnorm
     model = timm.create_model('resnet10t', num_classes=10)
     generator = torch.Generator().manual_seed(0)
     for m in model.modules():  # trained-looking statistics: a fold that ignores any of them changes the logits
@@ -289,7 +287,7 @@ def test_teacher_bn_folding_keeps_logits():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         before = teacher(x)
-        _fuse_teacher_bn(teacher, SimpleNamespace(reference_parity=False))
+        fuse_batchnorm(teacher)
         after = teacher(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)

@@ -1,5 +1,4 @@
 """Augmented views: each view does what it says, per sample or (reference parity) per batch."""
-import argparse
 import random
 
 import numpy as np
@@ -8,19 +7,16 @@ import torch
 from PIL import Image
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
-from timm_r2kd.train import _autoaug_policy
 from timm_r2kd.views import (
-    CUTMIX_ALPHA, IMAGE_VIEWS, MIXUP_ALPHA, CutoutView, MixView, ViewDataset, create_image_view,
+    CUTMIX_ALPHA, IMAGE_VIEWS, MIXUP_ALPHA, CutoutView, MixView, ViewDataset, autoaug_policy, create_image_view,
 )
 
 
 @pytest.mark.parametrize('dataset, policy', [('torch/cifar100', 'cifar10'), ('torch/CIFAR10', 'cifar10'),
                                              ('', 'imagenet'), ('torch/fashion_mnist', 'imagenet')])
 def test_autoaug_policy_follows_the_reference_per_dataset(dataset, policy):
-    args = argparse.Namespace(dataset=dataset, r2kd_autoaug_policy='auto')
-    assert _autoaug_policy(args) == policy
-    args.r2kd_autoaug_policy = 'imagenet'
-    assert _autoaug_policy(args) == 'imagenet'
+    assert autoaug_policy(dataset) == policy
+    assert autoaug_policy(dataset, 'imagenet') == 'imagenet'
 
 
 def test_cifar10_autoaug_view_is_torchvisions_cifar10_policy():

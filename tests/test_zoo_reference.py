@@ -17,7 +17,7 @@ import torch
 
 import timm_r2kd  # noqa: F401  registers the models
 from timm_r2kd.models import convert_kd_checkpoint
-from timm_r2kd.teacher_io import create_teacher_model
+from timm_r2kd.teacher import create_teacher_model
 
 REFERENCE = json.loads((pathlib.Path(__file__).parent / 'data' / 'zoo_reference.json').read_text())['models']
 

@@ -6,5 +6,6 @@ from .losses import (
 )
 from .ranking import hard_rank, soft_rank, spearman
 from .task import R2KDTask
-from .teacher import PrunedTeacher, l1_prune
+from .pruning import l1_prune
+from .teacher import PrunedTeacher
 from .version import __version__

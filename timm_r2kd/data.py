@@ -8,7 +8,8 @@ files in one folder (``/usr/share/datasets/fashion-mnist``), so ``torch/fashion_
 import gzip
 import logging
 import os
-from typing import Any, Callable, List, Optional
+import re
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from torchvision.transforms import RandomCrop
 _logger = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+# Fashion-MNIST's own pixel statistics (its 60,000 training images)
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
 
 FASHION_MNIST_CLASSES = (
     'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot',
@@ -51,9 +55,18 @@ def _read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def parse_split(split: str) -> Tuple[str, Optional[slice]]:
+    """'train[50000:]' -> ('train', slice(50000, None)): a split name with an optional Python slice of it,
+    as timm's Hugging Face readers take (here for the idx datasets: a validation split carved from train)."""
+    m = re.fullmatch(r'(\w+)\[(-?\d*):(-?\d*)\]', split)
+    if m is None:
+        return split, None
+    return m.group(1), slice(int(m.group(2)) if m.group(2) else None, int(m.group(3)) if m.group(3) else None)
+
+
 def find_idx_files(root: str, split: str, folder_name: str = 'FashionMNIST') -> Optional[List[str]]:
     """[images, labels] idx paths for ``split`` under ``root`` (or ``root/<folder_name>/raw``), or None."""
-    prefix = 'train' if split in _TRAIN_SPLITS else 't10k'
+    prefix = 'train' if parse_split(split)[0] in _TRAIN_SPLITS else 't10k'
     for folder in (root, os.path.join(root, folder_name, 'raw'), os.path.join(root, 'raw')):
         for ext in ('.gz', ''):
             images = os.path.join(folder, f'{prefix}-images-idx3-ubyte{ext}')
@@ -102,12 +115,12 @@ class IdxImageDataset(torch.utils.data.Dataset):
         return img, int(self.targets[index])
 
 
-class SubsetDataset(torch.utils.data.Dataset):
-    """The first ``num_samples`` items of a map-style dataset, keeping its ``transform`` settable."""
+class DatasetWrapper(torch.utils.data.Dataset):
+    """A dataset wrapping another: ``transform`` is the wrapped one's (so timm's ``create_loader`` can
+    set it), and attributes it does not have itself (``label_names`` ...) are the wrapped one's."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset, num_samples: int):
+    def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset
-        self.num_samples = min(num_samples, len(dataset))
 
     @property
     def transform(self):
@@ -118,18 +131,41 @@ class SubsetDataset(torch.utils.data.Dataset):
         self.dataset.transform = value
 
     def __len__(self) -> int:
-        return self.num_samples
+        return len(self.dataset)
 
-    def __getitem__(self, index: int):
-        if index >= self.num_samples:
-            raise IndexError(index)
+    def __getitem__(self, index):
         return self.dataset[index]
 
     def __getattr__(self, name: str) -> Any:
-        # delegate label_names and friends; called only for attributes not found normally
+        # called only for attributes not found normally
         if name == 'dataset':
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+class SubsetDataset(DatasetWrapper):
+    """The first ``num_samples`` items of a map-style dataset, or the items at ``indices``.
+
+    Args:
+        dataset: The dataset.
+        num_samples: Keep the first this many (of ``indices``, when given).
+        indices: The items to keep, in order (default: all).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, num_samples: Optional[int] = None,
+                 indices: Optional[Sequence[int]] = None):
+        super().__init__(dataset)
+        self.indices = range(len(dataset)) if indices is None else indices
+        if num_samples is not None:
+            self.indices = self.indices[:num_samples]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        if index >= len(self.indices):
+            raise IndexError(index)
+        return self.dataset[self.indices[index]]
 
 
 def create_r2kd_dataset(
@@ -162,6 +198,9 @@ def create_r2kd_dataset(
             files = find_idx_files(candidate, split, folder_name) if candidate else None
             if files:
                 dataset = IdxImageDataset(*files, input_img_mode=input_img_mode, label_names=label_names)
+                part = parse_split(split)[1]
+                if part is not None:
+                    dataset = SubsetDataset(dataset, indices=range(len(dataset))[part])
                 _logger.info(f'Reading {name} {split} from {os.path.dirname(files[0])} ({len(dataset)} images).')
                 break
         if dataset is None and not kwargs.get('download'):

@@ -6,9 +6,11 @@
 2. distils a small student (timm's test_resnet, 0.37 M parameters; 4,000 images, 8 epochs) with --r2kd;
 3. trains the same student alone under the same budget;
 then prints top-1 and robustness top-1 (mean over noise, blur, contrast and JPEG) of all three, with
-the paths of their outputs. Each stage runs train_r2kd.py in its own process and logs its progress.
+the paths of their outputs. Each stage runs train_r2kd.py in its own process and logs to a file in the
+demo folder; the console gets one line per stage and the final table (also written as results.json).
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .data import DEBIAN_FASHION_MNIST, find_idx_files
+from .data import DEBIAN_FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD, find_idx_files
 from .hub import read_summary
 
 TEACHER = dict(model='resnet18', samples=60000, epochs=2, batch=128, lr=0.1)
@@ -29,7 +31,9 @@ COMMON = ['--dataset', 'torch/fashion_mnist', '--in-chans', '1', '--img-size', '
           '--val-num-samples', str(VAL_SAMPLES), '--device', 'cpu', '--workers', '0', '--opt', 'sgd',
           '--momentum', '0.9', '--weight-decay', '5e-4', '--sched', 'cosine', '--warmup-epochs', '0',
           '--smoothing', '0', '--scale', '0.8', '1.0', '--color-jitter', '0', '--log-interval', '25',
-          '--eval-corruptions', '--seed', '0']
+          '--eval-corruptions', '--seed', '0',
+          # Fashion-MNIST's own statistics, not timm's ImageNet defaults
+          '--mean', *map(str, FASHION_MNIST_MEAN), '--std', *map(str, FASHION_MNIST_STD)]
 
 
 def find_data(data_dir: Optional[str]) -> str:
@@ -51,13 +55,17 @@ def find_data(data_dir: Optional[str]) -> str:
     return target
 
 
-def _stage(title: str, argv: List[str]) -> float:
-    print(f'\n=== {title} ===\n$ python train_r2kd.py {" ".join(argv)}', flush=True)
+def _stage(step: str, title: str, argv: List[str], log: Path) -> None:
+    print(f'{step} {title} (log: {log}) ...', end=' ', flush=True)
     start = time.time()
-    done = subprocess.run([sys.executable, '-m', 'timm_r2kd.train', *argv])
+    with open(log, 'w') as sink:
+        sink.write(f'$ python train_r2kd.py {" ".join(argv)}\n')
+        sink.flush()
+        done = subprocess.run([sys.executable, '-m', 'timm_r2kd.train', *argv], stdout=sink, stderr=subprocess.STDOUT)
     if done.returncode:
-        raise SystemExit(f'{title} failed (exit {done.returncode}); see the log above.')
-    return time.time() - start
+        print('failed', flush=True)
+        raise SystemExit(f'{title} failed (exit {done.returncode}); see {log}.')
+    print(f'done in {time.time() - start:.0f} s', flush=True)
 
 
 def _budget(cfg: Dict) -> List[str]:
@@ -75,34 +83,35 @@ def main(argv: Optional[List[str]] = None) -> None:
     data = find_data(args.data_dir)
     # a new folder per demo: train_r2kd refuses to write over an earlier run's folder
     out = Path(args.output or os.path.join('output', 'demo', datetime.now().strftime('%Y%m%d-%H%M%S'))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     common = COMMON + ['--data-dir', data, '--output', str(out)]
     start = time.time()
-    times = {}
-    times['teacher'] = _stage(
-        f'1/3 teacher: {TEACHER["model"]} on {TEACHER["samples"]} images, {TEACHER["epochs"]} epochs',
-        common + _budget(TEACHER) + ['--experiment', 'teacher'])
-    teacher_ckpt = out / 'teacher' / 'last.pth.tar'
-    times['r2kd'] = _stage(
-        f'2/3 student with R2KD: {STUDENT["model"]} on {STUDENT["samples"]} images, {STUDENT["epochs"]} epochs',
-        common + _budget(STUDENT) + ['--teacher', TEACHER['model'], '--teacher-checkpoint', str(teacher_ckpt),
-                                     '--r2kd', '--r2kd-temperature', str(R2KD_TEMPERATURE),
-                                     '--experiment', 'student_r2kd'])
-    times['alone'] = _stage(
-        '3/3 the same student alone, same budget',
-        common + _budget(STUDENT) + ['--experiment', 'student_alone'])
+    _stage('[1/3]', f'teacher: {TEACHER["model"]} on {TEACHER["samples"]} images, {TEACHER["epochs"]} epochs',
+           common + _budget(TEACHER) + ['--experiment', 'teacher'], out / 'teacher.log')
+    _stage('[2/3]', f'student with R2KD: {STUDENT["model"]} on {STUDENT["samples"]} images, {STUDENT["epochs"]} epochs',
+           common + _budget(STUDENT) + ['--teacher', TEACHER['model'], '--teacher-checkpoint',
+                                        str(out / 'teacher' / 'last.pth.tar'), '--r2kd', '--r2kd-temperature',
+                                        str(R2KD_TEMPERATURE), '--experiment', 'student_r2kd'],
+           out / 'student_r2kd.log')
+    _stage('[3/3]', 'the same student alone, same budget', common + _budget(STUDENT) + ['--experiment', 'student_alone'],
+           out / 'student_alone.log')
 
-    rows = [('teacher', TEACHER['model'], 'teacher'), ('student alone', STUDENT['model'], 'student_alone'),
-            ('student with R2KD', STUDENT['model'], 'student_r2kd')]
-    print(f'\nFashion-MNIST, {VAL_SAMPLES} test images; robustness = mean top-1 under Gaussian noise, blur, '
-          f'contrast and JPEG. Total {time.time() - start:.0f} s.\n')
-    print(f'| {"run":<18} | {"model":<11} | {"top-1":>6} | {"robust top-1":>12} | output')
-    print(f'|{"-" * 20}|{"-" * 13}|{"-" * 8}|{"-" * 14}|-------')
-    for label, model, folder in rows:
-        m = read_summary(out / folder)[-1]
-        print(f'| {label:<18} | {model:<11} | {m["eval_top1"]:6.2f} | {m["eval_top1_corrupt_mean"]:12.2f} | '
-              f'{out / folder}')
-    print('\nCheckpoints load with timm.create_model(name, num_classes=10, in_chans=1, checkpoint_path=...).')
-
+    rows = []
+    for label, model, folder in (('teacher', TEACHER['model'], 'teacher'),
+                                 ('student alone', STUDENT['model'], 'student_alone'),
+                                 ('student with R2KD', STUDENT['model'], 'student_r2kd')):
+        last = read_summary(out / folder)[-1]
+        rows.append(dict(run=label, model=model, top1=last['eval_top1'], robust_top1=last['eval_top1_corrupt_mean'],
+                         output=str(out / folder)))
+    (out / 'results.json').write_text(json.dumps(rows, indent=2))
+    print(f'\nFashion-MNIST, {VAL_SAMPLES} test images; robust = mean top-1 under Gaussian noise, blur, contrast '
+          f'and JPEG. {time.time() - start:.0f} s in all.\n')
+    print(f'| {"run":<18} | {"model":<11} | {"top-1":>6} | {"robust":>6} |')
+    print(f'|{"-" * 20}|{"-" * 13}|{"-" * 8}|{"-" * 8}|')
+    for row in rows:
+        print(f'| {row["run"]:<18} | {row["model"]:<11} | {row["top1"]:6.2f} | {row["robust_top1"]:6.2f} |')
+    print(f'\nRuns, logs and results.json: {out}')
+    print('Checkpoints load with timm.create_model(name, num_classes=10, in_chans=1, checkpoint_path=...).')
 
 if __name__ == '__main__':
     main()

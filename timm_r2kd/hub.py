@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -303,12 +303,16 @@ def resolve_token(token_env: Optional[str]) -> Optional[str]:
     return token
 
 
-def _is_network_error(error: Exception) -> bool:
-    # huggingface_hub's HTTP client has changed between releases (requests, httpx, httpx2); their
-    # transport errors share these class names, so match by name instead of importing a client.
-    names = {cls.__name__ for cls in type(error).__mro__}
-    return isinstance(error, (OSError, TimeoutError)) or bool(
-        names & {'TransportError', 'TimeoutException', 'ConnectError', 'NetworkError', 'ConnectionError'})
+_HTTP_PROBLEMS = {
+    401: 'not authenticated (401): run `hf auth login` or set the variable named by --hub-token-env to a token '
+         'with write access',
+    403: 'forbidden (403): the token may not write to {repo} (wrong namespace, read-only token, or organisation '
+         'permissions)',
+    409: 'conflict (409): {repo} exists with another repository type or cannot be created as a model repository; '
+         'choose another name',
+    404: '{repo} was not found as a model repository (is the name taken by a dataset or Space?); choose another '
+         'name',
+}
 
 
 def push_folder(
@@ -322,6 +326,10 @@ def push_folder(
 ) -> str:
     """Upload an exported folder to a model repository (created if needed); returns the commit URL.
 
+    The upload runs in a child process (``hub_upload.py``), so a push that outlasts ``timeout`` is
+    really stopped (killed), not left running in the background: huggingface_hub's upload has no
+    overall timeout of its own.
+
     Args:
         directory: Folder written by ``save_hf``.
         repo_id: 'namespace/name' of the model repository.
@@ -329,69 +337,49 @@ def push_folder(
         private: Create the repository as private.
         revision: Branch to push to (created from main if missing).
         endpoint: Hub endpoint (default: $HF_ENDPOINT or huggingface.co).
-        timeout: Seconds the whole push may take (huggingface_hub's client sets none).
+        timeout: Seconds the whole push may take.
 
     Raises:
         HubPushError: naming the folder (never modified) and the command to retry; the token never
             appears in it.
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
     directory = Path(directory)
     retry = f'python -m timm_r2kd.hub push {directory} {repo_id}' + (' --private' if private else '') + (
         f' --revision {revision}' if revision else '')
 
-    def _fail(what: str, error: BaseException) -> HubPushError:
-        detail = f'{type(error).__name__}: {error}'
+    def _fail(what: str, detail: str) -> HubPushError:
         if token:
             detail = detail.replace(token, '***')
         return HubPushError(f'Push to {repo_id} failed: {what}. Your export is intact in {directory}; '
                             f'retry without re-training: {retry}\n  ({detail})')
 
-    def _push() -> str:
-        api = HfApi(endpoint=endpoint, token=token, library_name='timm-r2kd', library_version=__version__)
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
-        if revision:
-            api.create_branch(url.repo_id, branch=revision, exist_ok=True)
-        commit = api.upload_folder(repo_id=url.repo_id, folder_path=str(directory), revision=revision,
-                                   commit_message=f'Add distilled student (timm-r2kd {__version__})')
-        return getattr(commit, 'commit_url', str(commit))
-
-    outcome: Dict[str, Any] = {}
-
-    def _work():
-        try:
-            outcome['url'] = _push()
-        except BaseException as e:  # handed to the caller's thread below
-            outcome['error'] = e
-
-    worker = threading.Thread(target=_work, name='hub-push', daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise _fail(f'no answer within {timeout:.0f} s', TimeoutError('push timed out'))
-    error = outcome.get('error')
-    if error is None:
-        return outcome['url']
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(getattr(error, 'response', None), 'status_code', None)
-        if status == 401:
-            raise _fail('not authenticated (401): run `hf auth login` or set the variable named by '
-                        '--hub-token-env to a token with write access', error) from None
-        if status == 403:
-            raise _fail(f'forbidden (403): the token may not write to {repo_id} (wrong namespace, read-only '
-                        f'token, or organisation permissions)', error) from None
-        if status == 409:
-            raise _fail(f'conflict (409): {repo_id} exists with another repository type or cannot be created '
-                        f'as a model repository; choose another name', error) from None
-        if status == 404:
-            raise _fail(f'{repo_id} was not found as a model repository (is the name taken by a dataset or '
-                        f'Space?); choose another name', error) from None
-        raise _fail(f'the Hub answered HTTP {status}', error) from None
-    if _is_network_error(error):
-        raise _fail('no connection to the Hub (offline, proxy, or timeout)', error) from None
-    raise error
+    request = dict(directory=str(directory), repo_id=repo_id, private=private, revision=revision, endpoint=endpoint,
+                   version=__version__)
+    env = dict(os.environ)
+    env.pop('TIMM_R2KD_PUSH_TOKEN', None)
+    if token:
+        env['TIMM_R2KD_PUSH_TOKEN'] = token  # the environment, not argv: other users can list arguments
+    child = subprocess.Popen([sys.executable, str(Path(__file__).with_name('hub_upload.py'))], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = child.communicate(json.dumps(request), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise _fail(f'no answer within {timeout:.0f} s', 'the upload was stopped') from None
+    try:
+        outcome = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise _fail('the upload process ended without an answer', err.strip()[-500:] or f'exit {child.returncode}')
+    kind, status, detail = outcome['kind'], outcome['status'], outcome['detail']
+    if kind == 'ok':
+        return detail
+    if kind == 'http':
+        what = _HTTP_PROBLEMS.get(status, 'the Hub answered HTTP {status}').format(repo=repo_id, status=status)
+        raise _fail(what, detail)
+    if kind == 'network':
+        raise _fail('no connection to the Hub (offline, proxy, or timeout)', detail)
+    raise _fail('an unexpected error', detail)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

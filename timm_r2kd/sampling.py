@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler, RandomSampler, Sampler
 
+from .data import DatasetWrapper
+
 
 def mix_seed(*parts: int) -> int:
     """A 63-bit seed mixed from integers (numpy's SeedSequence: nearby inputs give unrelated seeds)."""
@@ -37,11 +39,11 @@ def seed_step(seed: int, rank: int, epoch: int, batch_idx: int) -> None:
     seed_all(mix_seed(seed, rank, epoch, batch_idx, 1))
 
 
-class SeededDataset(Dataset):
+class SeededDataset(DatasetWrapper):
     """Wraps a map-style dataset so that each sample's transforms draw from RNGs seeded by (seed, epoch, index).
 
     It takes the ``(epoch, index)`` keys ``ResumableSampler`` yields (plain indices pass through
-    unseeded), and forwards ``transform`` so timm's ``create_loader`` can set it.
+    unseeded).
 
     Args:
         dataset: The dataset.
@@ -49,19 +51,8 @@ class SeededDataset(Dataset):
     """
 
     def __init__(self, dataset: Dataset, seed: int):
-        self.dataset = dataset
+        super().__init__(dataset)
         self.seed = seed
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value):
-        self.dataset.transform = value
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, key):
         if isinstance(key, tuple):
@@ -69,12 +60,6 @@ class SeededDataset(Dataset):
             seed_all(mix_seed(self.seed, epoch, index, 0))
             key = index
         return self.dataset[key]
-
-    def __getattr__(self, name: str):
-        # label_names and friends of the wrapped dataset
-        if name == 'dataset':
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
 class ResumableSampler(Sampler):

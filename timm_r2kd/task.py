@@ -6,12 +6,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from timm.models import create_model
 from timm.task import DistillationTeacher, LogitDistillationTask
 from timm.utils import unwrap_model
 
 from .losses import create_distill_loss
-from .teacher import PrunedTeacher
+from .teacher import PrunedTeacher, create_teacher_model
 
 _logger = logging.getLogger(__name__)
 
@@ -46,7 +45,9 @@ class R2KDTask(LogitDistillationTask):
             a tuple whose first item is it), e.g. ``timm.data.Mixup``.
         num_aug_splits: Number of splits the batch carries (0 or 1: clean only).
         task_loss_weight: Weight of the task loss.
-        distill_loss_weight: Weight of the distillation loss.
+        distill_loss_weight: Weight of the distillation loss. As timm's ``LogitDistillationTask``
+            resolves them: both None gives 1 and 1, only ``task_loss_weight`` gives the distillation
+            1 - task_loss_weight, only ``distill_loss_weight`` keeps the task weight at 1.
         batch_views: Send all views through each teacher in one call (True) or one call per view
             (False). None picks the measured default for the device. Ignored (one call per view)
             while any teacher module is in train mode, as under ``reference_parity``.
@@ -73,8 +74,8 @@ class R2KDTask(LogitDistillationTask):
             distill_loss_kwargs: Optional[Dict[str, Any]] = None,
             view_transform: Optional[ViewTransform] = None,
             num_aug_splits: int = 0,
-            task_loss_weight: float = 1.0,
-            distill_loss_weight: float = 1.0,
+            task_loss_weight: Optional[float] = None,
+            distill_loss_weight: Optional[float] = None,
             batch_views: Optional[bool] = None,
             teacher_pretrained: bool = True,
             teacher_pretrained_path: Optional[str] = None,
@@ -109,35 +110,31 @@ class R2KDTask(LogitDistillationTask):
 
         if isinstance(teacher_model, DistillationTeacher):
             teacher = teacher_model
-        elif loss_name == 'r2kd':
-            teacher = PrunedTeacher(
-                teacher_model,
-                prune_rate=prune_rate,
-                teacher_weight=teacher_weight,
-                prune_scope=prune_scope,
-                num_classes=getattr(student, 'num_classes', None),
-                in_chans=getattr(student, 'in_chans', 3),
-                pretrained=teacher_pretrained,
-                pretrained_path=teacher_pretrained_path,
-                pretrained_cfg_overlay=teacher_pretrained_cfg_overlay,
-                device=device,
-                dtype=dtype,
-                reference_parity=reference_parity,
-            )
-        elif isinstance(teacher_model, str) and not (teacher_pretrained or teacher_pretrained_path):
-            teacher = create_model(
-                teacher_model, pretrained=False, num_classes=getattr(student, 'num_classes', None),
-                in_chans=getattr(student, 'in_chans', 3), device=device, dtype=dtype)
         else:
-            teacher = teacher_model
+            # names, hub ids and weight files go through the one teacher path (teacher.py)
+            module = create_teacher_model(
+                teacher_model, getattr(student, 'num_classes', None), getattr(student, 'in_chans', 3),
+                checkpoint_path=teacher_pretrained_path,
+                pretrained=teacher_pretrained and not teacher_pretrained_path,
+                pretrained_cfg_overlay=teacher_pretrained_cfg_overlay, device=device, dtype=dtype)
+            if loss_name == 'r2kd':
+                teacher = PrunedTeacher(
+                    module,
+                    prune_rate=prune_rate,
+                    teacher_weight=teacher_weight,
+                    prune_scope=prune_scope,
+                    device=device,
+                    dtype=dtype,
+                    reference_parity=reference_parity,
+                )
+            else:
+                teacher = DistillationTeacher(module, device=device, dtype=dtype)
 
         super().__init__(
             student_model,
             teacher,
             criterion=criterion,
             criterion_kwargs=criterion_kwargs,
-            teacher_pretrained_path=teacher_pretrained_path,
-            teacher_pretrained_cfg_overlay=teacher_pretrained_cfg_overlay,
             distill_loss_weight=distill_loss_weight,
             task_loss_weight=task_loss_weight,
             temperature=getattr(distill_loss, 'temperature', 1.0),

@@ -41,6 +41,14 @@ CUTMIX_ALPHA = 1.0
 CUTOUT_SIDE_FRACTION = 0.25
 
 
+def autoaug_policy(dataset: str, policy: str = 'auto') -> str:
+    """The AutoAugment policy of the 'autoaug' view: ``policy``, or for 'auto' the reference's choice
+    for ``dataset`` (timm's dataset name): 'cifar10' on CIFAR-10/100, else 'imagenet'."""
+    if policy != 'auto':
+        return policy
+    return 'cifar10' if (dataset or '').lower() in ('torch/cifar10', 'torch/cifar100') else 'imagenet'
+
+
 def _check_name(name: str) -> None:
     if name not in VIEW_NAMES:
         raise ValueError(f"Unknown R2KD view '{name}'. Choose one of {', '.join(VIEW_NAMES)}.")
