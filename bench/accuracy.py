@@ -1,16 +1,31 @@
-"""Accuracy benchmark: students distilled from one cached teacher on Fashion-MNIST, under one budget.
+"""Accuracy benchmark: R2KD against KL and DIST, tuned alike on a validation split, compared paired by seed.
 
-    python bench/accuracy.py                      # full run (about an hour on 2 CPU cores)
-    python bench/accuracy.py --seeds 0 --quick    # a smoke run of every configuration
+    python bench/accuracy.py             # the full protocol, about three hours on 2 CPU cores; resumable
+    python bench/accuracy.py --quick     # every step of it at toy size, a few minutes
 
-Every student is trained by train_r2kd.py in its own process with the same model, data subset,
-schedule and number of updates; only the distillation differs. Reported: top-1 on the first
-5,000 images of the Fashion-MNIST test set after the last epoch (no best-epoch picking) and the mean top-1 over the
-four corruptions of --eval-corruptions, as mean +- std over seeds. KL's temperature and weight
-are tuned first (seed 0) and the best setting is the one reported. Results go to a JSON file and
-a markdown table on stdout (copied into docs/benchmarks.md).
+Protocol (docs/benchmarks.md has the results):
+
+* Fashion-MNIST. The teacher (resnet18, 3 epochs) trains on the first 50,000 training images. The
+  students train on the first 4,000. Every choice is made on a validation split of the *last* 10,000
+  training images, disjoint from both; the test set (all 10,000 images) is touched once per final run.
+* The same tuning budget for KL, DIST and R2KD, one tuning seed (100): T in {1, 2, 4, 8} at
+  distillation weight 1; then the weight in {0.5, 1, 2} at the best T; for R2KD also the soft-rank
+  width in {0.25, 0.5, 1} at the best T and weight. Best = top-1 on the validation split.
+* Final runs on seeds 0-4 (never used for tuning), on the test set: the student alone, each method
+  tuned, R2KD at the paper's defaults, R2KD's ablations at its tuned setting (hard rank, no pruned
+  teacher, no view, reference parity), and KL and DIST with R2KD's cutmix view. Per row: top-1 mean
+  +- std, the paired difference to tuned KL with a 95 % t-interval over seeds, and top-1 under each
+  corruption at severities 1-3.
+* A second pair across architectures (``--pair vit``): the same teacher into a small ViT (timm's
+  vit_tiny at 28 px, patch 4, 6 blocks, AdamW), tuning T only, 3 final seeds, with diagnostic rows
+  (no rank term, no pruned teacher, Pearson instead of the uncentred cosine).
+
+Each run is train_r2kd.py in its own process; each finished run is appended to the JSON record
+file at once (row, configuration, seed, split, top-1, corruption results, seconds), and runs found
+there are not repeated, so an interrupted benchmark resumes where it stopped.
 """
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -20,149 +35,293 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import torch
 
-from timm_r2kd.hub import read_summary
-
 REPO = Path(__file__).resolve().parents[1]
-DATA = '/usr/share/datasets/fashion-mnist'
+sys.path.insert(0, str(REPO))
+from timm_r2kd.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD  # noqa: E402
+from timm_r2kd.hub import read_summary  # noqa: E402
+from timm_r2kd.robustness import CORRUPTIONS, SEVERITIES  # noqa: E402
+
+TEACHER_SPLIT, STUDENT_SPLIT, VAL_SPLIT, TEST_SPLIT = 'train[:50000]', 'train[:4000]', 'train[50000:]', 'test'
+TUNE_SEED, FINAL_SEEDS = 100, (0, 1, 2, 3, 4)
+TEMPERATURES, WEIGHTS, WIDTHS = (1, 2, 4, 8), (0.5, 1, 2), (0.25, 0.5, 1)
+PAPER = dict(T=4.0, w=1.0, width=0.5)  # R2KD's defaults (alpha = beta = 2 inside the loss)
+T_FLAG = {'kl': '--kd-temperature', 'dist': '--kd-temperature', 'r2kd': '--r2kd-temperature'}
+METHOD_FLAGS = {'kl': ['--kd-loss', 'kl'], 'dist': ['--kd-loss', 'dist'], 'r2kd': ['--r2kd']}
+
 COMMON = [
-    '--dataset', 'torch/fashion_mnist', '--data-dir', DATA, '--in-chans', '1', '--img-size', '28',
-    '--num-classes', '10', '--val-num-samples', '5000', '--device', 'cpu', '--workers', '0',
-    '--log-interval', '1000', '--no-progress',
-    '--opt', 'sgd', '--momentum', '0.9', '--weight-decay', '5e-4', '--sched', 'cosine', '--warmup-epochs', '0',
-    '--smoothing', '0', '--hflip', '0.5', '--scale', '0.8', '1.0', '--color-jitter', '0',
+    '--dataset', 'torch/fashion_mnist', '--in-chans', '1', '--img-size', '28', '--num-classes', '10',
+    '--mean', *map(str, FASHION_MNIST_MEAN), '--std', *map(str, FASHION_MNIST_STD),
+    '--device', 'cpu', '--workers', '0', '--log-interval', '1000', '--no-progress', '--warmup-epochs', '0',
+    '--sched', 'cosine', '--smoothing', '0', '--hflip', '0.5', '--scale', '0.8', '1.0', '--color-jitter', '0',
 ]
-TEACHER = dict(model='resnet18', samples=60000, epochs=3, lr=0.1, batch=128)
-BUDGET = dict(model='test_resnet', samples=4000, epochs=8, lr=0.05, batch=64)
-QUICK = dict(model='test_resnet', samples=512, epochs=1, lr=0.05, batch=64)
+PAIRS = {
+    'cnn': dict(model='test_resnet', samples=4000, epochs=8, batch=64,
+                opt=['--opt', 'sgd', '--momentum', '0.9', '--weight-decay', '5e-4', '--lr', '0.05']),
+    # timm's ViT-Tiny at 28 px (patch 4: 49 tokens), 6 of its 12 blocks: the smaller-scale pair
+    'vit': dict(model='vit_tiny_patch16_224', samples=4000, epochs=8, batch=64,
+                opt=['--opt', 'adamw', '--weight-decay', '0.05', '--lr', '1e-3',
+                     '--model-kwargs', 'img_size=28', 'patch_size=4', 'depth=6']),
+}
+TEACHER = dict(model='resnet18', epochs=3, batch=128,
+               opt=['--opt', 'sgd', '--momentum', '0.9', '--weight-decay', '5e-4', '--lr', '0.1'])
+QUICK = dict(samples=256, epochs=1, val_samples=512, final_seeds=(0, 1), temperatures=(2, 4), weights=(1,),
+             widths=(0.5,))
 
 
-def configurations(kl_args):
-    """(name, train_r2kd arguments beyond the budget) for each compared student."""
-    return [
-        ('student alone', []),
-        ('kl (tuned)', ['--kd-loss', 'kl'] + kl_args),
-        ('dist', ['--kd-loss', 'dist']),
-        ('r2kd', ['--r2kd']),
-        ('r2kd, hard rank', ['--r2kd', '--r2kd-rank', 'hard']),
-        ('r2kd, no pruned teacher', ['--r2kd', '--prune-weight', '1.0']),
-        ('r2kd, no view', ['--r2kd', '--r2kd-view', 'none']),
-        ('r2kd --reference-parity', ['--r2kd', '--reference-parity']),
-        # R2KD at the temperature the KL tuning picked (R2KD itself is otherwise untuned)
-        ('r2kd, T=2', ['--r2kd', '--r2kd-temperature', '2']),
-    ]
+class Records:
+    """The JSON record file: one entry per finished run, rewritten atomically after each."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.runs: List[Dict] = json.loads(path.read_text())['runs'] if path.is_file() else []
+
+    def find(self, key: str) -> Optional[Dict]:
+        return next((r for r in self.runs if r['key'] == key), None)
+
+    def find_run(self, pair: str, phase: str, config: List[str], seed: int) -> Optional[Dict]:
+        return next((r for r in self.runs if (r['pair'], r['phase'], r['config'], r['seed']) ==
+                     (pair, phase, config, seed)), None)
+
+    def add(self, record: Dict, meta: Dict) -> None:
+        self.runs.append(record)
+        tmp = self.path.with_suffix('.tmp')
+        tmp.write_text(json.dumps(dict(meta, runs=self.runs), indent=1))
+        os.replace(tmp, self.path)
 
 
-KL_GRID = [
-    ['--kd-temperature', '1'], ['--kd-temperature', '2'], ['--kd-temperature', '4'], ['--kd-temperature', '8'],
-]
-KL_WEIGHTS = [['--distill-loss-weight', '0.5'], ['--distill-loss-weight', '2']]
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.out = Path(args.output)
+        self.records = Records(Path(args.json))
+        self.meta = dict(machine=f'CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores',
+                         torch=torch.__version__, command=' '.join(sys.argv), quick=args.quick)
+        self.teacher = None
+
+    def _train(self, experiment: str, argv: List[str]) -> Path:
+        """Run train_r2kd.py (resuming an unfinished run of the same name); returns the run folder."""
+        folder = self.out / experiment
+        if (folder / 'last.pth.tar').is_file():
+            argv = argv + ['--resume', str(folder / 'last.pth.tar')]
+        log = self.out / 'logs' / f'{experiment}.log'
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(REPO / 'train_r2kd.py'), *COMMON, '--data-dir', self.args.data_dir,
+               '--output', str(self.out), '--experiment', experiment, *argv]
+        with open(log, 'w') as sink:
+            done = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise RuntimeError(f'{experiment} failed (exit {done.returncode}); see {log}')
+        return folder
+
+    def train_teacher(self) -> str:
+        epochs = 1 if self.quick else TEACHER['epochs']
+        samples = ['--train-num-samples', '2048'] if self.quick else []
+        folder = self.out / 'teacher'
+        if not (read_summary(folder) and int(read_summary(folder)[-1]['epoch']) == epochs - 1):
+            print(f'teacher: {TEACHER["model"]} on {TEACHER_SPLIT}, {epochs} epochs', flush=True)
+            self._train('teacher', ['--model', TEACHER['model'], '--train-split', TEACHER_SPLIT, '--val-split',
+                                    VAL_SPLIT, '--epochs', str(epochs), '-b', str(TEACHER['batch']), '--seed', '0',
+                                    *samples, *TEACHER['opt']])
+        self.teacher = str(folder / 'last.pth.tar')
+        return self.teacher
+
+    def run(self, pair: str, phase: str, row: str, config: List[str], seed: int) -> Dict:
+        """One student run (or its record, if it ran before)."""
+        key = f'{pair}|{phase}|{row}|{" ".join(config)}|{seed}'
+        found = self.records.find(key)
+        if found is not None:
+            return found
+        same = self.records.find_run(pair, phase, config, seed)
+        if same is not None:  # another row with the same configuration (e.g. tuned = paper defaults)
+            record = dict(same, key=key, row=row)
+            self.records.add(record, self.meta)
+            return record
+        budget = PAIRS[pair]
+        split = VAL_SPLIT if phase == 'tune' else TEST_SPLIT
+        samples, epochs = (QUICK['samples'], QUICK['epochs']) if self.quick else (budget['samples'], budget['epochs'])
+        argv = ['--model', budget['model'], '--train-split', STUDENT_SPLIT, '--train-num-samples', str(samples),
+                '--val-split', split, '--epochs', str(epochs), '--val-interval', str(epochs), '-b', str(budget['batch']),
+                '--seed', str(seed), *budget['opt'], *config]
+        if self.quick:  # a one-epoch teacher on 2,048 images is near chance under some eval transforms
+            argv += ['--val-num-samples', str(QUICK['val_samples']), '--allow-weak-teacher']
+        if phase == 'final':
+            argv += ['--eval-corruptions', '--corruption-severities', *map(str, SEVERITIES)]
+        if config and config[0] in ('--kd-loss', '--r2kd'):
+            argv += ['--teacher', TEACHER['model'], '--teacher-checkpoint', self.teacher]
+        name = f'{pair}_{phase}_{hashlib.sha1(key.encode()).hexdigest()[:12]}'  # stable across processes
+        start = time.time()
+        last = read_summary(self._train(name, argv))[-1]
+        record = dict(key=key, pair=pair, phase=phase, row=row, config=config, seed=seed, split=split,
+                      top1=last['eval_top1'], seconds=round(time.time() - start, 1), run=name,
+                      corruption={f'{c}_s{s}': last[f'eval_top1_{c}_s{s}'] for c in CORRUPTIONS for s in SEVERITIES
+                                  if f'eval_top1_{c}_s{s}' in last})
+        self.records.add(record, self.meta)
+        print(f'  {phase:<5} {pair} {row:<34} seed {seed}: top-1 {record["top1"]:.2f} ({record["seconds"]:.0f} s)',
+              flush=True)
+        return record
+
+    def tune(self, pair: str, method: str, full: bool = True) -> List[str]:
+        """The method's configuration picked on the validation split under the shared budget."""
+        temperatures = QUICK['temperatures'] if self.quick else TEMPERATURES
+        weights = QUICK['weights'] if self.quick else WEIGHTS
+        widths = QUICK['widths'] if self.quick else WIDTHS
+
+        def score(t, w, width):
+            config = _config(method, t, w, width)
+            return self.run(pair, 'tune', f'{method} tuning', config, TUNE_SEED)['top1'], config
+
+        t = max(temperatures, key=lambda t: score(t, 1, 0.5)[0])
+        if not full:
+            return score(t, 1, 0.5)[1]
+        w = max(weights, key=lambda w: score(t, w, 0.5)[0])
+        width = max(widths, key=lambda s: score(t, w, s)[0]) if method == 'r2kd' else 0.5
+        return score(t, w, width)[1]
 
 
-def run(output, experiment, budget, extra, seed, teacher=None, log=None):
-    """One train_r2kd run in a fresh process; returns its final-epoch validation metrics.
-
-    A run whose folder already holds its last epoch is read back, and an unfinished one resumes from
-    its last.pth.tar: train_r2kd never writes a new run over an old one.
-    """
-    folder = Path(output) / experiment
-    done_before = read_summary(folder)
-    if done_before and int(done_before[-1]['epoch']) == budget['epochs'] - 1:
-        last = done_before[-1]
-        return dict(top1=last['eval_top1'], corrupt=last['eval_top1_corrupt_mean'], seconds=float('nan'))
-    if (folder / 'last.pth.tar').is_file():
-        extra = [*extra, '--resume', str(folder / 'last.pth.tar')]
-    cmd = [sys.executable, str(REPO / 'train_r2kd.py'), *COMMON,
-           '--model', budget['model'], '--train-num-samples', str(budget['samples']),
-           '--epochs', str(budget['epochs']), '--lr', str(budget['lr']), '-b', str(budget['batch']),
-           '--val-interval', str(budget['epochs']), '--seed', str(seed), '--eval-corruptions',
-           '--output', str(output), '--experiment', experiment, *extra]
-    if teacher is not None:
-        cmd += ['--teacher', TEACHER['model'], '--teacher-checkpoint', teacher]
-    start = time.time()
-    with open(log, 'w') if log else open(os.devnull, 'w') as sink:
-        done = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise RuntimeError(f'run {experiment} failed ({done.returncode}); see {log}')
-    last = read_summary(Path(output) / experiment)[-1]
-    return dict(top1=last['eval_top1'], corrupt=last['eval_top1_corrupt_mean'], seconds=time.time() - start)
+def _config(method: str, t: float, w: float, width: float) -> List[str]:
+    config = METHOD_FLAGS[method] + [T_FLAG[method], str(t), '--distill-loss-weight', str(w)]
+    return config + (['--r2kd-rank-smoothing', str(width)] if method == 'r2kd' else [])
 
 
-def mean_std(values):
+def final_rows(pair: str, tuned: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    rows = {'student alone': [], 'kl (tuned)': tuned['kl'], 'dist (tuned)': tuned['dist'], 'r2kd (tuned)': tuned['r2kd'],
+            'r2kd (paper defaults)': _config('r2kd', PAPER['T'], PAPER['w'], PAPER['width'])}
+    if pair == 'cnn':
+        rows.update({
+            'r2kd tuned, hard rank': tuned['r2kd'] + ['--r2kd-rank', 'hard'],
+            'r2kd tuned, no pruned teacher': tuned['r2kd'] + ['--prune-weight', '1.0'],
+            'r2kd tuned, no view': tuned['r2kd'] + ['--r2kd-view', 'none'],
+            'r2kd tuned, reference parity': tuned['r2kd'] + ['--reference-parity'],
+            'kl (tuned) + cutmix view': tuned['kl'] + ['--r2kd-view', 'cutmix'],
+            'dist (tuned) + cutmix view': tuned['dist'] + ['--r2kd-view', 'cutmix'],
+        })
+    else:  # what each part of R2KD does across architectures
+        rows.update({
+            'r2kd tuned, no rank term': tuned['r2kd'] + ['--r2kd-rank-weight', '0'],
+            'r2kd tuned, no pruned teacher': tuned['r2kd'] + ['--prune-weight', '1.0'],
+            'r2kd tuned, pearson value term': tuned['r2kd'] + ['--r2kd-value-metric', 'pearson'],
+        })
+    return rows
+
+
+# two-sided 95 % t quantiles by degrees of freedom
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def paired(a: List[float], b: List[float]):
+    """Mean of the per-seed differences a - b and the half-width of its 95 % t-interval."""
+    d = [x - y for x, y in zip(a, b)]
+    if len(d) < 2:
+        return statistics.mean(d), float('nan')
+    return statistics.mean(d), _T95.get(len(d) - 1, 1.96) * statistics.stdev(d) / len(d) ** 0.5
+
+
+def _mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.)
+
+
+def report(pair: str, rows: Dict[str, List[Dict]]) -> str:
+    """Markdown tables: top-1 with paired differences to tuned KL, and top-1 per corruption and severity."""
+    base = {r['seed']: r['top1'] for r in rows['kl (tuned)']}
+    lines = [f'| {pair}: row | top-1 | robust top-1 (mean of 12) | vs tuned KL (paired, 95 % CI) |',
+             '| --- | ---: | ---: | ---: |']
+    for name, runs in rows.items():
+        m, s = _mean_std([r['top1'] for r in runs])
+        rm, rs = _mean_std([statistics.mean(r['corruption'].values()) for r in runs])
+        common = [r for r in runs if r['seed'] in base]
+        diff = '—' if name == 'kl (tuned)' or not common else '{:+.2f} ± {:.2f} (n = {})'.format(
+            *paired([r['top1'] for r in common], [base[r['seed']] for r in common]), len(common))
+        lines.append(f'| {name} | {m:.2f} ± {s:.2f} | {rm:.2f} ± {rs:.2f} | {diff} |')
+    lines += ['', f'| {pair}: row | ' + ' | '.join(f'{c} s{s}' for c in CORRUPTIONS for s in SEVERITIES) + ' |',
+              '| --- |' + ' ---: |' * (len(CORRUPTIONS) * len(SEVERITIES))]
+    for name, runs in rows.items():
+        cells = [statistics.mean(r['corruption'][f'{c}_s{s}'] for r in runs) for c in CORRUPTIONS for s in SEVERITIES]
+        lines.append(f'| {name} | ' + ' | '.join(f'{v:.1f}' for v in cells) + ' |')
+    return '\n'.join(lines)
+
+
+def figure(rows_by_pair: Dict[str, Dict[str, List[Dict]]], path: Path) -> None:
+    """Top-1 against corruption severity (mean over the corruptions), one line per row, std band."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('matplotlib is not installed (pip install -e .[bench]): no figure', flush=True)
+        return
+    fig, axes = plt.subplots(1, len(rows_by_pair), figsize=(7 * len(rows_by_pair), 5), squeeze=False)
+    for ax, (pair, rows) in zip(axes[0], rows_by_pair.items()):
+        for name, runs in rows.items():
+            per_seed = [[r['top1']] + [statistics.mean(r['corruption'][f'{c}_s{s}'] for c in CORRUPTIONS)
+                                       for s in SEVERITIES] for r in runs]
+            mean = [statistics.mean(v) for v in zip(*per_seed)]
+            std = [statistics.stdev(v) if len(v) > 1 else 0. for v in zip(*per_seed)]
+            x = [0, *SEVERITIES]
+            ax.plot(x, mean, marker='o', label=name)
+            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.15)
+        ax.set_xticks([0, *SEVERITIES], ['clean', *map(str, SEVERITIES)])
+        ax.set_xlabel('corruption severity (mean over noise, blur, contrast, JPEG)')
+        ax.set_ylabel('test top-1 (%)')
+        ax.set_title(f'Fashion-MNIST, {pair} student')
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f'figure: {path}', flush=True)
+
+
+def print_records(records: Records, figure_path: Path) -> None:
+    """The tuning runs and the final tables of whatever the record file holds (an unfinished run too)."""
+    rows_by_pair: Dict[str, Dict[str, List[Dict]]] = {}
+    for r in records.runs:
+        if r['phase'] == 'tune':
+            print(f"tune  {r['pair']} {' '.join(r['config']):<80} val top-1 {r['top1']:.2f}")
+        else:
+            rows_by_pair.setdefault(r['pair'], {}).setdefault(r['row'], []).append(r)
+    for pair, rows in rows_by_pair.items():
+        seeds = {name: len(runs) for name, runs in rows.items()}
+        print(f'\n{pair}: final runs per row: {seeds}')
+        if 'kl (tuned)' in rows:
+            print(report(pair, rows))
+    if rows_by_pair:
+        figure(rows_by_pair, figure_path)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--data-dir', default=os.environ.get('FMNIST_DIR', '/usr/share/datasets/fashion-mnist'))
     parser.add_argument('--output', default=str(REPO / 'output' / 'bench_accuracy'))
     parser.add_argument('--json', default=str(REPO / 'docs' / 'accuracy.json'))
-    parser.add_argument('--quick', action='store_true', help='tiny budget, to check that everything runs')
-    parser.add_argument('--only', nargs='+', default=None, help='run only these configuration names')
+    parser.add_argument('--figure', default=str(REPO / 'docs' / 'accuracy_severity.png'))
+    parser.add_argument('--pair', nargs='+', default=['cnn', 'vit'], choices=sorted(PAIRS))
+    parser.add_argument('--quick', action='store_true', help='every step at toy size (minutes)')
+    parser.add_argument('--report', action='store_true',
+                        help='print the tables (and draw the figure) from the records so far; run nothing')
     args = parser.parse_args()
-    out = Path(args.output)
-    (out / 'logs').mkdir(parents=True, exist_ok=True)
-    budget = QUICK if args.quick else BUDGET
-    teacher_budget = dict(TEACHER, samples=2048, epochs=1) if args.quick else TEACHER
-
-    teacher_dir = out / ('teacher_quick' if args.quick else 'teacher')
-    teacher_ckpt = teacher_dir / 'last.pth.tar'
-    if not teacher_ckpt.exists():
-        print(f'training the teacher ({teacher_budget}) ...', flush=True)
-        teacher = run(out, teacher_dir.name, teacher_budget, [], seed=0, log=out / 'logs' / 'teacher.log')
-        print(f'teacher: {teacher}', flush=True)
-    last = read_summary(teacher_dir)[-1]
-    teacher_metrics = dict(top1=last['eval_top1'], corrupt=last['eval_top1_corrupt_mean'])
-
-    results = {}
-    kl_args = ['--kd-temperature', '4']
-    if args.only is None or 'kl (tuned)' in args.only:
-        tuning = {}
-        grid = KL_GRID if not args.quick else KL_GRID[:1]
-        for extra in grid:
-            name = 'kl_tune_' + '_'.join(extra[1::2])
-            tuning[' '.join(extra)] = run(out, name, budget, ['--kd-loss', 'kl'] + extra, seed=args.seeds[0],
-                                          teacher=str(teacher_ckpt), log=out / 'logs' / f'{name}.log')
-            print(f'kl tuning {extra}: {tuning[" ".join(extra)]}', flush=True)
-        best_t = max(tuning, key=lambda k: tuning[k]['top1']).split()
-        for extra in ([] if args.quick else KL_WEIGHTS):
-            name = 'kl_tune_' + '_'.join(best_t[1::2] + extra[1::2])
-            tuning[' '.join(best_t + extra)] = run(
-                out, name, budget, ['--kd-loss', 'kl'] + best_t + extra, seed=args.seeds[0],
-                teacher=str(teacher_ckpt), log=out / 'logs' / f'{name}.log')
-            print(f'kl tuning {best_t + extra}: {tuning[" ".join(best_t + extra)]}', flush=True)
-        kl_args = max(tuning, key=lambda k: tuning[k]['top1']).split()
-        results['kl tuning (seed %d)' % args.seeds[0]] = tuning
-
-    table = []
-    for name, extra in configurations(kl_args):
-        if args.only and name not in args.only:
-            continue
-        per_seed = []
-        for seed in args.seeds:
-            experiment = name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '') + f'_s{seed}'
-            per_seed.append(run(out, experiment, budget, extra, seed,
-                                teacher=None if name == 'student alone' else str(teacher_ckpt),
-                                log=out / 'logs' / f'{experiment}.log'))
-            print(f'{name} seed {seed}: {per_seed[-1]}', flush=True)
-        top1, corrupt = mean_std([r['top1'] for r in per_seed]), mean_std([r['corrupt'] for r in per_seed])
-        results[name] = dict(args=extra, runs=per_seed, top1_mean=top1[0], top1_std=top1[1],
-                             corrupt_mean=corrupt[0], corrupt_std=corrupt[1])
-        table.append(f'| {name} | {" ".join(extra) or "-"} | {top1[0]:.2f} ± {top1[1]:.2f} | '
-                     f'{corrupt[0]:.2f} ± {corrupt[1]:.2f} | {statistics.mean(r["seconds"] for r in per_seed):.0f} |')
-
-    report = dict(
-        date=str(date.today()), machine=f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores',
-        torch=torch.__version__, budget=budget, teacher_budget=teacher_budget, teacher=teacher_metrics,
-        seeds=args.seeds, kl_args=kl_args, results=results, command=' '.join(sys.argv))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f'\nteacher {TEACHER["model"]}: top-1 {teacher_metrics["top1"]:.2f}, corruptions {teacher_metrics["corrupt"]:.2f}')
-    print('| student | arguments | top-1 | corruption top-1 | seconds/run |')
-    print('| --- | --- | ---: | ---: | ---: |')
-    print('\n'.join(table))
+    if args.report:
+        return print_records(Records(Path(args.json)), Path(args.figure))
+    if args.quick and args.json == parser.get_default('json'):
+        args.json = str(Path(args.output) / 'accuracy_quick.json')
+        args.figure = str(Path(args.output) / 'accuracy_quick.png')
+    bench = Bench(args)
+    bench.train_teacher()
+    seeds = QUICK['final_seeds'] if args.quick else FINAL_SEEDS
+    rows_by_pair = {}
+    for pair in args.pair:
+        full = pair == 'cnn'  # the cross-architecture pair tunes T only, at a smaller scale
+        tuned = {m: bench.tune(pair, m, full=full) for m in ('kl', 'dist', 'r2kd')}
+        pair_seeds = seeds if full else seeds[:3]
+        rows = {name: [bench.run(pair, 'final', name, config, seed) for seed in pair_seeds]
+                for name, config in final_rows(pair, tuned).items()}
+        rows_by_pair[pair] = rows
+        print('\n' + '\n'.join(f'{m} tuned: {" ".join(c)}' for m, c in tuned.items()))
+        print(report(pair, rows) + '\n', flush=True)
+    figure(rows_by_pair, Path(args.figure))
+    print(f'records: {args.json}; {date.today()}')
 
 
 if __name__ == '__main__':

@@ -181,3 +181,16 @@ def test_gradcheck_float64_through_the_losses(loss, part):
     assert gradcheck(f, (z_s,), eps=1e-6, atol=1e-5)
     f(z_s).backward()
     assert z_s.grad.abs().sum() > 0
+
+
+def test_pearson_value_metric_matches_brute_force():
+    p_s, p_t = torch.rand(5, 7).softmax(-1), torch.rand(5, 7).softmax(-1)
+    rows = sum(1 - brute_pearson(a.tolist(), b.tolist()) for a, b in zip(p_s, p_t)) / 5
+    cols = sum(1 - brute_pearson(a.tolist(), b.tolist()) for a, b in zip(p_s.T, p_t.T)) / 7
+    assert value_distance(p_s, p_t, metric='pearson').item() == pytest.approx(rows + cols, rel=1e-5)
+    z_s, z_t = torch.randn(5, 7), torch.randn(5, 7)
+    loss = R2KDLoss(temperature=2.0, value_metric='pearson').parts(z_s, z_t)['value']
+    expected = 2 * 4 * value_distance((z_s / 2).softmax(-1), (z_t / 2).softmax(-1), metric='pearson')
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match='value_metric'):
+        R2KDLoss(value_metric='spearman')

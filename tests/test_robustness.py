@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from timm_r2kd.robustness import CORRUPTIONS, corrupt
+from timm_r2kd.robustness import CORRUPTIONS, SEVERITIES, corrupt
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
@@ -76,3 +76,39 @@ def test_each_corruption_changes_the_image_reproducibly_and_stays_in_range(name)
 def test_unknown_corruption():
     with pytest.raises(ValueError, match='Unknown corruption'):
         corrupt(torch.zeros(1, 3, 8, 8), 'fog', MEAN, STD)
+
+
+@pytest.mark.parametrize('severity, noise, keep, sigma, quality', [(1, 0.04, 0.7, 0.5, 40), (3, 0.16, 0.2, 2.0, 8)])
+def test_other_severities_use_their_documented_amounts(severity, noise, keep, sigma, quality):
+    flat = torch.full((8, 3, 32, 32), 0.5)
+    x, back = _normalised(flat)
+    measured = (back(corrupt(x, 'gaussian_noise', MEAN, STD, seed=3, severity=severity)) - flat).std().item()
+    assert abs(measured - noise) < 0.06 * noise + 0.002  # clipping trims the widest noise a little
+    pixels = _pixels()
+    x, back = _normalised(pixels)
+    mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(back(corrupt(x, 'contrast', MEAN, STD, severity=severity)), mean + keep * (pixels - mean),
+                               atol=1e-5, rtol=1e-5)
+    size = 2 * int(np.ceil(2 * sigma)) + 1
+    ax = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-ax ** 2 / (2 * sigma ** 2))
+    kernel = (g[:, None] * g[None, :]) / g.sum() ** 2
+    padded = F.pad(pixels, (size // 2,) * 4, mode='reflect')
+    torch.testing.assert_close(back(corrupt(x, 'blur', MEAN, STD, severity=severity)),
+                               F.conv2d(padded, kernel.expand(3, 1, size, size), groups=3), atol=1e-5, rtol=1e-5)
+    img = (pixels[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(img).save(buffer, format='JPEG', quality=quality)
+    expected = torch.from_numpy(np.asarray(Image.open(buffer), dtype=np.float32) / 255).permute(2, 0, 1)
+    x8, back8 = _normalised(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)
+    torch.testing.assert_close(back8(corrupt(x8, 'jpeg', MEAN, STD, severity=severity))[0], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('name', CORRUPTIONS)
+def test_higher_severity_degrades_more(name):
+    pixels = _pixels()
+    x, back = _normalised(pixels)
+    change = [(back(corrupt(x, name, MEAN, STD, seed=1, severity=s)) - pixels).abs().mean() for s in SEVERITIES]
+    assert change[0] < change[1] < change[2]
+    with pytest.raises(ValueError, match='severity'):
+        corrupt(x, name, MEAN, STD, severity=4)

@@ -98,7 +98,8 @@ def test_r2kd_views_ema_and_corruptions(tmp_path, teacher_ckpt, view):
                          '--teacher-checkpoint', teacher_ckpt, '--r2kd', '--r2kd-view', view,
                          '--model-ema', '--model-ema-decay', '0.9', '--eval-corruptions'))
     val = summary['results'][0]['validation']
-    for key in ('top1_gaussian_noise', 'top1_blur', 'top1_contrast', 'top1_jpeg', 'top1_corrupt_mean', 'ema_top1'):
+    keys = [f'top1_{c}_s{s}' for c in ('gaussian_noise', 'blur', 'contrast', 'jpeg') for s in (1, 2, 3)]
+    for key in keys + ['top1_corrupt_mean', 'ema_top1']:
         assert 0 <= val[key] <= 100
     ckpt = torch.load(Path(summary['output_dir']) / 'last.pth.tar', map_location='cpu', weights_only=False)
     assert 'state_dict_ema' in ckpt
@@ -118,10 +119,13 @@ def test_corruptions_lower_a_trained_models_top1(tmp_path, teacher_ckpt):
                          '--lr', '1e-9', '--eval-corruptions'))
     val = summary['results'][0]['validation']
     assert val['top1'] > 40
-    each = [val[f'top1_{name}'] for name in ('gaussian_noise', 'blur', 'contrast', 'jpeg')]
-    assert val['top1_corrupt_mean'] == pytest.approx(sum(each) / 4)
+    names = ('gaussian_noise', 'blur', 'contrast', 'jpeg')
+    each = [val[f'top1_{name}_s{s}'] for name in names for s in (1, 2, 3)]
+    assert val['top1_corrupt_mean'] == pytest.approx(sum(each) / 12)
     assert val['top1_corrupt_mean'] < val['top1'] - 2 and min(each) < val['top1'] - 10
     assert max(each) <= val['top1'] + 2
+    # the strongest severity costs more than the mildest, summed over the corruptions
+    assert sum(val[f'top1_{n}_s3'] for n in names) < sum(val[f'top1_{n}_s1'] for n in names)
 
 
 @needs_data

@@ -288,6 +288,8 @@ def _r2kd_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--r2kd-rank-weight', type=float, default=2.0, help='R2KD rank (Spearman) term weight')
     g.add_argument('--r2kd-rank', default='soft', choices=['soft', 'hard'],
                    help='soft (differentiable) or hard (exact, no gradient) ranks')
+    g.add_argument('--r2kd-value-metric', default='cosine', choices=['cosine', 'pearson'],
+                   help='value term distance: cosine (R2KD) or pearson (centred, as DIST; an ablation)')
     g.add_argument('--r2kd-rank-smoothing', type=float, default=0.5,
                    help='soft-rank width in standard deviations of the log-probabilities')
     g.add_argument('--prune-rate', type=float, default=0.1, help='L1 prune rate of the pruned teacher')
@@ -311,7 +313,9 @@ def _r2kd_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--allow-weak-teacher', action='store_true', default=False,
                    help='train even if the teacher scores near chance on the validation set')
     g.add_argument('--eval-corruptions', action='store_true', default=False,
-                   help='also report top-1 under noise, blur, contrast and JPEG corruptions of the val set')
+                   help='also report top-1 under Gaussian noise, blur, contrast and JPEG corruptions of the val set')
+    g.add_argument('--corruption-severities', type=int, nargs='+', default=[1, 2, 3], choices=[1, 2, 3],
+                   metavar='N', help='severities of --eval-corruptions (1 mild, 2 moderate, 3 strong; default all)')
     g.add_argument('--crop-padding', type=int, default=None, metavar='N',
                    help='CIFAR-style training crop: pad N pixels and crop at the image size, instead of timm\'s '
                         'random-resized crop')

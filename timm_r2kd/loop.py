@@ -309,6 +309,7 @@ def validate(
         model_dtype=None,
         log_suffix='',
         corruption=None,  # r2kd: evaluate under this corruption (robustness.py)
+        severity=2,  # r2kd: of the corruption
         data_config=None,  # r2kd: the normalisation the corruption undoes and redoes
 ):
     # r2kd: timm's ClassificationEvaluator accumulates and reduces the metrics (and drops the
@@ -327,7 +328,8 @@ def validate(
                 input = input.to(device=device, dtype=model_dtype)
                 target = target.to(device=device)
             if corruption is not None:  # r2kd
-                input = corrupt(input, corruption, data_config['mean'], data_config['std'], seed=batch_idx)
+                input = corrupt(input, corruption, data_config['mean'], data_config['std'], seed=batch_idx,
+                                severity=severity)
             if args.channels_last:
                 input = input.contiguous(memory_format=torch.channels_last)
 
@@ -370,13 +372,16 @@ def validate_corruptions(
         amp_autocast=suppress,
         model_dtype=None,
 ):
-    """Top-1 under each corruption of ``robustness.CORRUPTIONS``, and their mean (R2KD's robustness)."""
+    """Top-1 under each corruption of ``robustness.CORRUPTIONS`` at each of ``args.corruption_severities``,
+    and their mean (R2KD's robustness); keys ``top1_<corruption>_s<severity>`` and ``top1_corrupt_mean``."""
     results = OrderedDict()
     for name in CORRUPTIONS:
-        metrics = validate(model, loader, args, device, amp_autocast, model_dtype, log_suffix=f' ({name})',
-                           corruption=name, data_config=data_config)
-        results[f'top1_{name}'] = metrics['top1']
-    results['top1_corrupt_mean'] = sum(results.values()) / len(CORRUPTIONS)
+        for severity in args.corruption_severities:
+            metrics = validate(model, loader, args, device, amp_autocast, model_dtype,
+                               log_suffix=f' ({name}, severity {severity})', corruption=name,
+                               severity=severity, data_config=data_config)
+            results[f'top1_{name}_s{severity}'] = metrics['top1']
+    results['top1_corrupt_mean'] = sum(results.values()) / len(results)
     if utils.is_primary(args):
         _logger.info('Robustness: ' + '  '.join(f'{k[5:]} {v:.2f}' for k, v in results.items()))
     return results

@@ -90,7 +90,12 @@ def _column_term(distance_fn, p_s: torch.Tensor, p_t: torch.Tensor, batch_scope:
     return distance_fn(p_s, p_t, dim=0).mean()
 
 
-def value_distance(p_s: torch.Tensor, p_t: torch.Tensor, batch_scope: str = 'local') -> torch.Tensor:
+def value_distance(
+        p_s: torch.Tensor,
+        p_t: torch.Tensor,
+        batch_scope: str = 'local',
+        metric: str = 'cosine',
+) -> torch.Tensor:
     """R2KD's value term: row-wise plus column-wise uncentred cosine distance.
 
     Args:
@@ -98,14 +103,18 @@ def value_distance(p_s: torch.Tensor, p_t: torch.Tensor, batch_scope: str = 'loc
         p_t: Teacher probabilities, (B, C).
         batch_scope: 'local' uses this process's batch for the per-class term; 'global' gathers the
             batch of all processes first (identical to one process with the whole batch).
+        metric: 'cosine' (R2KD's uncentred cosine) or 'pearson' (centred, as DIST), for ablations.
 
     Returns:
         mean_i d(p_s[i, :], p_t[i, :]) + mean_c d(p_s[:, c], p_t[:, c]); the second term is 0 when B == 1.
     """
     _check_pair(p_s, p_t)
+    if metric not in ('cosine', 'pearson'):
+        raise ValueError(f"value metric must be 'cosine' or 'pearson', got '{metric}'")
+    distance = cosine_distance if metric == 'cosine' else pearson_distance
     p_s, p_t = _float(p_s), _float(p_t)
-    rows = cosine_distance(p_s, p_t, dim=-1).mean()
-    return rows + _column_term(cosine_distance, p_s, p_t, batch_scope)
+    rows = distance(p_s, p_t, dim=-1).mean()
+    return rows + _column_term(distance, p_s, p_t, batch_scope)
 
 
 def rank_distance(
@@ -170,6 +179,7 @@ class R2KDLoss(DistillLoss):
             uses each process's own batch.
         reference_parity: Reproduce the released code: ordinal ranks of the probabilities with no
             gradient, per-process batch. Overrides rank_mode and batch_scope.
+        value_metric: 'cosine' (R2KD) or 'pearson' (the centred correlation, an ablation).
     """
 
     name = 'r2kd'
@@ -183,10 +193,13 @@ class R2KDLoss(DistillLoss):
             rank_smoothing: float = 0.5,
             batch_scope: str = 'global',
             reference_parity: bool = False,
+            value_metric: str = 'cosine',
     ):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f'temperature must be > 0, got {temperature}')
+        if value_metric not in ('cosine', 'pearson'):
+            raise ValueError(f"value_metric must be 'cosine' or 'pearson', got '{value_metric}'")
         if rank_mode not in ('soft', 'hard', 'ordinal'):
             raise ValueError(f"rank_mode must be 'soft', 'hard' or 'ordinal', got '{rank_mode}'")
         self.temperature = temperature
@@ -196,6 +209,7 @@ class R2KDLoss(DistillLoss):
         self.rank_smoothing = rank_smoothing
         self.batch_scope = 'local' if reference_parity else batch_scope
         self.reference_parity = reference_parity
+        self.value_metric = 'cosine' if reference_parity else value_metric
         _use_global_batch(self.batch_scope)  # validates the name
 
     def parts(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -203,7 +217,7 @@ class R2KDLoss(DistillLoss):
         t = self.temperature
         log_s = F.log_softmax(_float(student_logits) / t, dim=-1)
         log_t = F.log_softmax(_float(teacher_logits) / t, dim=-1)
-        value = value_distance(log_s.exp(), log_t.exp(), batch_scope=self.batch_scope)
+        value = value_distance(log_s.exp(), log_t.exp(), batch_scope=self.batch_scope, metric=self.value_metric)
         rank = rank_distance(log_s, log_t, mode=self.rank_mode, smoothing=self.rank_smoothing, log_input=True)
         return {
             'value': self.value_weight * t * t * value,

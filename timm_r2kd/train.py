@@ -436,7 +436,7 @@ def create_task(args, model, teacher, data: Data, precision: Precision):
         loss = create_distill_loss(
             'r2kd', temperature=args.r2kd_temperature, value_weight=args.r2kd_value_weight,
             rank_weight=args.r2kd_rank_weight, rank_mode=args.r2kd_rank, rank_smoothing=args.r2kd_rank_smoothing,
-            reference_parity=args.reference_parity)
+            value_metric=args.r2kd_value_metric, reference_parity=args.reference_parity)
     else:
         loss = create_distill_loss(args.kd_loss, temperature=args.kd_temperature)
     return R2KDTask(
