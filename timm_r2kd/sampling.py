@@ -28,10 +28,16 @@ def mix_seed(*parts: int) -> int:
 
 
 def seed_all(seed: int) -> None:
-    """Seed Python's, numpy's and torch's global RNGs (all devices)."""
+    """Seed Python's, numpy's and torch's global RNGs (CUDA's too once CUDA is in use).
+
+    ``torch.manual_seed`` is not used: before CUDA is initialised it queues a CUDA seeding call each
+    time (a list that grows per sample) and costs ~0.2 ms, a large part of a 28 px image's loading.
+    """
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
 
 
 def seed_step(seed: int, rank: int, epoch: int, batch_idx: int) -> None:
