@@ -12,7 +12,7 @@ from typing import Iterable
 
 from timm.utils.checkpoint_saver import load_checkpoint_metadata
 
-from .data import DEBIAN_FASHION_MNIST, IDX_DATASETS, find_idx_files
+from .data import DEBIAN_FASHION_MNIST, IDX_DATASETS, find_idx_files, idx_prefix
 from .hub import ExportError, check_repo_id
 from .outputs import OutputError, check_export_target, check_run_folder, check_writable
 from .views import IMAGE_VIEWS
@@ -147,7 +147,7 @@ def _check_idx_data(args: argparse.Namespace, key: str) -> None:
         return
     for split in filter(None, (args.train_split, args.val_split)):
         if not find_idx_files(args.data_dir, split, folder_name):
-            prefix = 'train' if split in ('train', 'training') else 't10k'
+            prefix = idx_prefix(split)
             raise UsageError(f"--data-dir '{args.data_dir}' holds no {args.dataset} idx files for split '{split}' "
                              f"({prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz). Point it at the "
                              f"folder holding them, or pass --dataset-download.")

@@ -64,9 +64,14 @@ def parse_split(split: str) -> Tuple[str, Optional[slice]]:
     return m.group(1), slice(int(m.group(2)) if m.group(2) else None, int(m.group(3)) if m.group(3) else None)
 
 
+def idx_prefix(split: str) -> str:
+    """The idx file-name prefix of a split: 'train' for train/training (sliced or not), else 't10k'."""
+    return 'train' if parse_split(split)[0] in _TRAIN_SPLITS else 't10k'
+
+
 def find_idx_files(root: str, split: str, folder_name: str = 'FashionMNIST') -> Optional[List[str]]:
     """[images, labels] idx paths for ``split`` under ``root`` (or ``root/<folder_name>/raw``), or None."""
-    prefix = 'train' if parse_split(split)[0] in _TRAIN_SPLITS else 't10k'
+    prefix = idx_prefix(split)
     for folder in (root, os.path.join(root, folder_name, 'raw'), os.path.join(root, 'raw')):
         for ext in ('.gz', ''):
             images = os.path.join(folder, f'{prefix}-images-idx3-ubyte{ext}')
@@ -194,20 +199,19 @@ def create_r2kd_dataset(
     if key in IDX_DATASETS:
         folder_name, label_names = IDX_DATASETS[key]
         # Debian's copy only when no folder is named: a named folder is never silently replaced
-        for candidate in (root or (DEBIAN_FASHION_MNIST if key == 'fashion_mnist' else None),):
-            files = find_idx_files(candidate, split, folder_name) if candidate else None
-            if files:
-                dataset = IdxImageDataset(*files, input_img_mode=input_img_mode, label_names=label_names)
-                part = parse_split(split)[1]
-                if part is not None:
-                    dataset = SubsetDataset(dataset, indices=range(len(dataset))[part])
-                _logger.info(f'Reading {name} {split} from {os.path.dirname(files[0])} ({len(dataset)} images).')
-                break
-        if dataset is None and not kwargs.get('download'):
+        folder = root or (DEBIAN_FASHION_MNIST if key == 'fashion_mnist' else None)
+        files = find_idx_files(folder, split, folder_name) if folder else None
+        if files:
+            dataset = IdxImageDataset(*files, input_img_mode=input_img_mode, label_names=label_names)
+            part = parse_split(split)[1]
+            if part is not None:
+                dataset = SubsetDataset(dataset, indices=range(len(dataset))[part])
+            _logger.info(f'Reading {name} {split} from {os.path.dirname(files[0])} ({len(dataset)} images).')
+        elif not kwargs.get('download'):
             hint = ' (Debian: apt-get install dataset-fashion-mnist)' if key == 'fashion_mnist' else ''
             raise FileNotFoundError(
                 f"No {name} idx files for split '{split}' under '{root}'{hint}. Point --data-dir at the folder "
-                f"holding {'train' if split in _TRAIN_SPLITS else 't10k'}-images-idx3-ubyte.gz, or pass "
+                f"holding {idx_prefix(split)}-images-idx3-ubyte.gz, or pass "
                 f"--dataset-download to let torchvision download it.")
     if dataset is None:
         if not name and root and os.path.isdir(root) and not any(os.scandir(root)):
