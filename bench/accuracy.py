@@ -3,8 +3,8 @@
     python bench/accuracy.py             # the full protocol, about three hours on 2 CPU cores; resumable
     python bench/accuracy.py --quick     # every step of it at toy size, a few minutes
 
-    # the two pairs side by side, one core each (they share the record file safely)
-    OMP_NUM_THREADS=1 python bench/accuracy.py --pair cnn & OMP_NUM_THREADS=1 python bench/accuracy.py --pair vit
+    # two processes, one core each, sharing the work and the record file (then --report)
+    OMP_NUM_THREADS=1 python bench/accuracy.py --shard 1/2 & OMP_NUM_THREADS=1 python bench/accuracy.py --shard 2/2
 
 Protocol (docs/benchmarks.md has the results):
 
@@ -83,7 +83,14 @@ class Records:
 
     def __init__(self, path: Path):
         self.path = path
-        self.runs: List[Dict] = json.loads(path.read_text())['runs'] if path.is_file() else []
+        self.runs: List[Dict] = []
+        self.reload()
+
+    def reload(self) -> None:
+        """Take in what other processes recorded meanwhile."""
+        on_disk = json.loads(self.path.read_text())['runs'] if self.path.is_file() else []
+        keys = {r['key'] for r in on_disk}
+        self.runs = on_disk + [r for r in self.runs if r['key'] not in keys]
 
     def find(self, key: str) -> Optional[Dict]:
         return next((r for r in self.runs if r['key'] == key), None)
@@ -96,10 +103,8 @@ class Records:
         # Re-read under a lock: the pairs may run as two processes (one core each) sharing this file.
         with open(self.path.with_suffix('.lock'), 'w') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            on_disk = json.loads(self.path.read_text())['runs'] if self.path.is_file() else []
-            keys = {r['key'] for r in on_disk}
-            self.runs = on_disk + [r for r in self.runs if r['key'] not in keys]
-            if record['key'] not in keys:
+            self.reload()
+            if self.find(record['key']) is None:
                 self.runs.append(record)
             tmp = self.path.with_suffix(f'.tmp{os.getpid()}')
             tmp.write_text(json.dumps(dict(meta, runs=self.runs), indent=1))
@@ -125,6 +130,14 @@ class Bench:
         self.meta = dict(machine=f'CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores',
                          torch=torch.__version__, command=' '.join(sys.argv), quick=args.quick)
         self.teacher = None
+        self.shard, self.shards = args.shard
+
+    def _wait(self, what: str, ready) -> None:
+        """Shards after the first wait for the teacher and the tuning runs, which only the first one trains."""
+        if not ready():
+            print(f'shard {self.shard}/{self.shards}: waiting for shard 1 to finish {what}', flush=True)
+        while not ready():
+            time.sleep(15)
 
     def _train(self, experiment: str, argv: List[str]) -> Path:
         """Run train_r2kd.py (resuming an unfinished run of the same name); returns the run folder."""
@@ -146,7 +159,13 @@ class Bench:
         epochs = 1 if self.quick else TEACHER['epochs']
         samples = ['--train-num-samples', '2048'] if self.quick else []
         folder = self.out / 'teacher'
-        if not (read_summary(folder) and int(read_summary(folder)[-1]['epoch']) == epochs - 1):
+
+        def done():
+            return bool(read_summary(folder)) and int(read_summary(folder)[-1]['epoch']) == epochs - 1
+
+        if self.shard > 1:
+            self._wait('the teacher', done)
+        if not done():
             print(f'teacher: {TEACHER["model"]} on {TEACHER_SPLIT}, {epochs} epochs', flush=True)
             self._train('teacher', ['--model', TEACHER['model'], '--train-split', TEACHER_SPLIT, '--val-split',
                                     VAL_SPLIT, '--epochs', str(epochs), '-b', str(TEACHER['batch']), '--seed', '0',
@@ -157,6 +176,9 @@ class Bench:
     def run(self, pair: str, phase: str, row: str, config: List[str], seed: int) -> Dict:
         """One student run (or its record, if it ran before)."""
         key = f'{pair}|{phase}|{row}|{" ".join(config)}|{seed}'
+        if phase == 'tune' and self.shard > 1:
+            self._wait(key, lambda: self.records.reload() or self.records.find(key) is not None)
+        self.records.reload()
         found = self.records.find(key)
         if found is not None:
             return found
@@ -315,7 +337,14 @@ def print_records(records: Records, figure_path: Path) -> None:
         figure(rows_by_pair, figure_path)
 
 
-def main():
+def _shard(text: str):
+    k, _, n = text.partition('/')
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f'expected K/N with 1 <= K <= N, e.g. 1/2; got {text!r}')
+    return int(k), int(n)
+
+
+def main(argv: Optional[List[str]] = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data-dir', default=os.environ.get('FMNIST_DIR', '/usr/share/datasets/fashion-mnist'))
     parser.add_argument('--output', default=str(REPO / 'output' / 'bench_accuracy'))
@@ -323,9 +352,12 @@ def main():
     parser.add_argument('--figure', default=str(REPO / 'docs' / 'accuracy_severity.png'))
     parser.add_argument('--pair', nargs='+', default=['cnn', 'vit'], choices=sorted(PAIRS))
     parser.add_argument('--quick', action='store_true', help='every step at toy size (minutes)')
+    parser.add_argument('--shard', type=_shard, default=(1, 1), metavar='K/N',
+                        help='run every N-th final run starting at the K-th, so N processes (one core each) share '
+                             'the work; shard 1 trains the teacher and the tuning runs, the others wait for them')
     parser.add_argument('--report', action='store_true',
                         help='print the tables (and draw the figure) from the records so far; run nothing')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.report:
         return print_records(Records(Path(args.json)), Path(args.figure))
     if args.quick and args.json == parser.get_default('json'):
@@ -339,12 +371,19 @@ def main():
         full = pair == 'cnn'  # the cross-architecture pair tunes T only, at a smaller scale
         tuned = {m: bench.tune(pair, m, full=full) for m in ('kl', 'dist', 'r2kd')}
         pair_seeds = seeds if full else seeds[:3]
+        finals = [(name, config, seed) for name, config in final_rows(pair, tuned).items() for seed in pair_seeds]
+        shard, shards = args.shard
+        for name, config, seed in finals[shard - 1::shards]:
+            bench.run(pair, 'final', name, config, seed)
+        if shards > 1:
+            continue  # the tables need every shard's runs: --report draws them once all are done
         rows = {name: [bench.run(pair, 'final', name, config, seed) for seed in pair_seeds]
                 for name, config in final_rows(pair, tuned).items()}
         rows_by_pair[pair] = rows
         print('\n' + '\n'.join(f'{m} tuned: {" ".join(c)}' for m, c in tuned.items()))
         print(report(pair, rows) + '\n', flush=True)
-    figure(rows_by_pair, Path(args.figure))
+    if rows_by_pair:
+        figure(rows_by_pair, Path(args.figure))
     print(f'records: {args.json}; {date.today()}')
 
 

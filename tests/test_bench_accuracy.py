@@ -3,6 +3,7 @@ import importlib.util
 import math
 import os
 import statistics
+import threading
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,53 @@ def test_resume_from_the_newest_checkpoint(tmp_path):
     (tmp_path / 'last.pth.tar').unlink()
     (tmp_path / 'recovery-7-16.pth.tar').unlink()
     assert accuracy.newest_checkpoint(tmp_path).name == 'recovery-3-10.pth.tar'
+
+
+def test_shard_flag():
+    assert accuracy._shard('2/3') == (2, 3)
+    for bad in ('0/2', '3/2', '2', 'a/b'):
+        with pytest.raises(Exception, match='K/N'):
+            accuracy._shard(bad)
+
+
+def test_shards_share_the_final_runs_and_wait_for_tuning(tmp_path, monkeypatch):
+    """Two shards in threads, with training faked: every run happens once, tuning only in shard 1."""
+    trained = []
+
+    def fake_train(self, experiment, argv):
+        folder = self.out / experiment
+        folder.mkdir(parents=True, exist_ok=True)
+        trained.append((self.shard, experiment))
+        if '_tune_' in experiment:  # slow enough that shard 2 reaches the tuning while shard 1 is at it
+            threading.Event().wait(0.05)
+        seed = int(argv[argv.index('--seed') + 1])
+        t = float(argv[argv.index('--kd-temperature') + 1]) if '--kd-temperature' in argv else 0.
+        fields = {'epoch': 0, 'eval_top1': 50 + seed + t}
+        fields.update({f'eval_top1_{c}_s{s}': 40. for c in accuracy.CORRUPTIONS for s in accuracy.SEVERITIES})
+        (folder / 'summary.csv').write_text(','.join(fields) + '\n' + ','.join(map(str, fields.values())) + '\n')
+        return folder
+
+    monkeypatch.setattr(accuracy.Bench, '_train', fake_train)
+    monkeypatch.setattr(accuracy.time, 'sleep', lambda s: threading.Event().wait(0.01))
+    errors = []
+
+    def shard(k):
+        try:
+            accuracy.main(['--quick', '--pair', 'cnn', '--shard', f'{k}/2', '--output', str(tmp_path),
+                           '--json', str(tmp_path / 'a.json')])
+        except Exception as e:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=shard, args=(k,)) for k in (2, 1)]  # shard 2 starts first and must wait
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert not errors
+    names = [name for _, name in trained]
+    assert len(names) == len(set(names))  # nothing trained twice
+    assert all(k == 1 for k, name in trained if not name.startswith('cnn_final'))  # teacher + tuning: shard 1
+    assert {k for k, name in trained if name.startswith('cnn_final')} == {1, 2}
+    runs = accuracy.Records(tmp_path / 'a.json').runs
+    finals = [r for r in runs if r['phase'] == 'final']
+    rows = accuracy.final_rows('cnn', {'kl': [], 'dist': [], 'r2kd': []})
+    assert len(finals) == len(rows) * len(accuracy.QUICK['final_seeds'])
+    assert {r['row'] for r in finals} == set(rows)
