@@ -1,5 +1,6 @@
 """The accuracy benchmark's bookkeeping: paired intervals, the shared record file, resuming a run."""
 import importlib.util
+import json
 import math
 import os
 import statistics
@@ -102,3 +103,12 @@ def test_shards_share_the_final_runs_and_wait_for_tuning(tmp_path, monkeypatch):
     rows = accuracy.final_rows('cnn', {'kl': [], 'dist': [], 'r2kd': []})
     assert len(finals) == len(rows) * len(accuracy.QUICK['final_seeds'])
     assert {r['row'] for r in finals} == set(rows)
+
+
+def test_records_removed_from_the_file_stay_removed(tmp_path):
+    path = tmp_path / 'accuracy.json'
+    records = accuracy.Records(path)
+    records.add(_record('stale'), {})
+    path.write_text(json.dumps({'runs': []}))  # e.g. a pair's records dropped after its budget changed
+    records.add(_record('new'), {})
+    assert [r['key'] for r in accuracy.Records(path).runs] == ['new']
