@@ -271,22 +271,41 @@ def _mean_std(values):
 
 def report(pair: str, rows: Dict[str, List[Dict]]) -> str:
     """Markdown tables: top-1 with paired differences to tuned KL, and top-1 per corruption and severity."""
-    base = {r['seed']: r['top1'] for r in rows['kl (tuned)']}
-    lines = [f'| {pair}: row | top-1 | robust top-1 (mean of 12) | vs tuned KL (paired, 95 % CI) |',
-             '| --- | ---: | ---: | ---: |']
+    def robust(run):
+        return statistics.mean(run['corruption'].values())
+
+    base = {r['seed']: r for r in rows['kl (tuned)']}
+    lines = [f'| {pair}: row | top-1 | vs tuned KL (paired, 95 % CI) | robust top-1 (mean of {len(CORRUPTIONS) * len(SEVERITIES)}) '
+             '| robust vs tuned KL (paired) |', '| --- | ---: | ---: | ---: | ---: |']
     for name, runs in rows.items():
         m, s = _mean_std([r['top1'] for r in runs])
-        rm, rs = _mean_std([statistics.mean(r['corruption'].values()) for r in runs])
+        rm, rs = _mean_std([robust(r) for r in runs])
         common = [r for r in runs if r['seed'] in base]
-        diff = '—' if name == 'kl (tuned)' or not common else '{:+.2f} ± {:.2f} (n = {})'.format(
-            *paired([r['top1'] for r in common], [base[r['seed']] for r in common]), len(common))
-        lines.append(f'| {name} | {m:.2f} ± {s:.2f} | {rm:.2f} ± {rs:.2f} | {diff} |')
+        diff = robust_diff = '—'
+        if name != 'kl (tuned)' and common:
+            diff = '{:+.2f} ± {:.2f} (n = {})'.format(
+                *paired([r['top1'] for r in common], [base[r['seed']]['top1'] for r in common]), len(common))
+            robust_diff = '{:+.2f} ± {:.2f}'.format(
+                *paired([robust(r) for r in common], [robust(base[r['seed']]) for r in common]))
+        lines.append(f'| {name} | {m:.2f} ± {s:.2f} | {diff} | {rm:.2f} ± {rs:.2f} | {robust_diff} |')
     lines += ['', f'| {pair}: row | ' + ' | '.join(f'{c} s{s}' for c in CORRUPTIONS for s in SEVERITIES) + ' |',
               '| --- |' + ' ---: |' * (len(CORRUPTIONS) * len(SEVERITIES))]
     for name, runs in rows.items():
         cells = [statistics.mean(r['corruption'][f'{c}_s{s}'] for r in runs) for c in CORRUPTIONS for s in SEVERITIES]
         lines.append(f'| {name} | ' + ' | '.join(f'{v:.1f}' for v in cells) + ' |')
     return '\n'.join(lines)
+
+
+def _panels(rows_by_pair: Dict[str, Dict[str, List[Dict]]]):
+    """(title, rows) per panel: the cnn pair's methods and its R2KD ablations apart, so eleven lines stay legible."""
+    for pair, rows in rows_by_pair.items():
+        ablations = [n for n in rows if n.startswith('r2kd tuned,')]
+        if pair == 'cnn' and ablations:
+            yield f'{pair} student: methods', {n: r for n, r in rows.items() if n not in ablations}
+            yield f'{pair} student: R2KD ablations', {n: rows[n] for n in ['kl (tuned)', 'r2kd (tuned)', *ablations]
+                                                         if n in rows}
+        else:
+            yield f'{pair} student', rows
 
 
 def figure(rows_by_pair: Dict[str, Dict[str, List[Dict]]], path: Path) -> None:
@@ -298,23 +317,29 @@ def figure(rows_by_pair: Dict[str, Dict[str, List[Dict]]], path: Path) -> None:
     except ImportError:
         print('matplotlib is not installed (pip install -e .[bench]): no figure', flush=True)
         return
-    fig, axes = plt.subplots(1, len(rows_by_pair), figsize=(7 * len(rows_by_pair), 5), squeeze=False)
-    for ax, (pair, rows) in zip(axes[0], rows_by_pair.items()):
+    panels = list(_panels(rows_by_pair))
+    names = list(dict.fromkeys(n for _, rows in panels for n in rows))
+    # a row keeps its colour and line style across panels; past ten rows the colours repeat dashed
+    styles = {n: (plt.get_cmap('tab10')(i % 10), '-' if i < 10 else '--') for i, n in enumerate(names)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels):
         for name, runs in rows.items():
             per_seed = [[r['top1']] + [statistics.mean(r['corruption'][f'{c}_s{s}'] for c in CORRUPTIONS)
                                        for s in SEVERITIES] for r in runs]
             mean = [statistics.mean(v) for v in zip(*per_seed)]
             std = [statistics.stdev(v) if len(v) > 1 else 0. for v in zip(*per_seed)]
             x = [0, *SEVERITIES]
-            ax.plot(x, mean, marker='o', label=name)
-            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.15)
+            color, line = styles[name]
+            ax.plot(x, mean, line, marker='o', color=color, label=f'{name} (n = {len(runs)})')
+            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.12)
         ax.set_xticks([0, *SEVERITIES], ['clean', *map(str, SEVERITIES)])
         ax.set_xlabel('corruption severity (mean over noise, blur, contrast, JPEG)')
         ax.set_ylabel('test top-1 (%)')
-        ax.set_title(f'Fashion-MNIST, {pair} student')
+        ax.set_title(f'Fashion-MNIST, {title}')
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     print(f'figure: {path}', flush=True)
 
 
