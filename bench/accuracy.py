@@ -20,8 +20,9 @@ Protocol (docs/benchmarks.md has the results):
   +- std, the paired difference to tuned KL with a 95 % t-interval over seeds, and top-1 under each
   corruption at severities 1-3.
 * A second pair across architectures (``--pair vit``): the same teacher into a small ViT (timm's
-  vit_tiny at 28 px, patch 7, 6 blocks of width 96, AdamW, 12 epochs), tuning T only, 3 final seeds,
-  with diagnostic rows (no rank term, no pruned teacher, Pearson instead of the uncentred cosine).
+  vit_tiny at 28 px, patch 7, 6 blocks of width 96, AdamW, 12 epochs), tuning T only, 3 final seeds.
+  If tuned R2KD trails tuned KL or DIST there, diagnostic rows follow (no rank term, no pruned
+  teacher, Pearson instead of the uncentred cosine) to find the part responsible.
 
 Each run is train_r2kd.py in its own process; each finished run is appended to the JSON record
 file at once (row, configuration, seed, split, top-1, corruption results, seconds), and runs found
@@ -131,7 +132,7 @@ class Bench:
         self.shard, self.shards = args.shard
 
     def _wait(self, what: str, ready) -> None:
-        """Shards after the first wait for the teacher and the tuning runs, which only the first one trains."""
+        """Wait for other shards: for the teacher and the tuning runs (shard 1 trains them), and for their finals."""
         if not ready():
             print(f'shard {self.shard}/{self.shards}: waiting for shard 1 to finish {what}', flush=True)
         while not ready():
@@ -173,7 +174,7 @@ class Bench:
 
     def run(self, pair: str, phase: str, row: str, config: List[str], seed: int) -> Dict:
         """One student run (or its record, if it ran before)."""
-        key = f'{pair}|{phase}|{row}|{" ".join(config)}|{seed}'
+        key = _key(pair, phase, row, config, seed)
         if phase == 'tune' and self.shard > 1:
             self._wait(key, lambda: self.records.reload() or self.records.find(key) is not None)
         self.records.reload()
@@ -209,6 +210,17 @@ class Bench:
               flush=True)
         return record
 
+    def finals(self, pair: str, rows: Dict[str, List[str]], seeds) -> Dict[str, List[Dict]]:
+        """This shard's share of the final runs of ``rows``; then, once every shard's are in, all of their records."""
+        todo = [(name, config, seed) for name, config in rows.items() for seed in seeds]
+        for name, config, seed in todo[self.shard - 1::self.shards]:
+            self.run(pair, 'final', name, config, seed)
+        keys = [_key(pair, 'final', name, config, seed) for name, config, seed in todo]
+        self._wait(f'the other shards\' {pair} final runs',
+                   lambda: self.records.reload() or all(self.records.find(k) for k in keys))
+        return {name: [self.records.find(_key(pair, 'final', name, config, seed)) for seed in seeds]
+                for name, config in rows.items()}
+
     def tune(self, pair: str, method: str, full: bool = True) -> List[str]:
         """The method's configuration picked on the validation split under the shared budget."""
         temperatures = QUICK['temperatures'] if self.quick else TEMPERATURES
@@ -225,6 +237,10 @@ class Bench:
         w = max(weights, key=lambda w: score(t, w, 0.5)[0])
         width = max(widths, key=lambda s: score(t, w, s)[0]) if method == 'r2kd' else 0.5
         return score(t, w, width)[1]
+
+
+def _key(pair: str, phase: str, row: str, config: List[str], seed: int) -> str:
+    return f'{pair}|{phase}|{row}|{" ".join(config)}|{seed}'
 
 
 def _config(method: str, t: float, w: float, width: float) -> List[str]:
@@ -244,13 +260,23 @@ def final_rows(pair: str, tuned: Dict[str, List[str]]) -> Dict[str, List[str]]:
             'kl (tuned) + cutmix view': tuned['kl'] + ['--r2kd-view', 'cutmix'],
             'dist (tuned) + cutmix view': tuned['dist'] + ['--r2kd-view', 'cutmix'],
         })
-    else:  # what each part of R2KD does across architectures
-        rows.update({
-            'r2kd tuned, no rank term': tuned['r2kd'] + ['--r2kd-rank-weight', '0'],
-            'r2kd tuned, no pruned teacher': tuned['r2kd'] + ['--prune-weight', '1.0'],
-            'r2kd tuned, pearson value term': tuned['r2kd'] + ['--r2kd-value-metric', 'pearson'],
-        })
     return rows
+
+
+def diagnostic_rows(tuned: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    """Which part of R2KD is responsible when it trails across architectures."""
+    return {
+        'r2kd tuned, no rank term': tuned['r2kd'] + ['--r2kd-rank-weight', '0'],
+        'r2kd tuned, no pruned teacher': tuned['r2kd'] + ['--prune-weight', '1.0'],
+        'r2kd tuned, pearson value term': tuned['r2kd'] + ['--r2kd-value-metric', 'pearson'],
+    }
+
+
+def trails(rows: Dict[str, List[Dict]]) -> bool:
+    """Whether tuned R2KD's mean test top-1 is below tuned KL's or tuned DIST's."""
+    def mean(name):
+        return statistics.mean(r['top1'] for r in rows[name])
+    return mean('r2kd (tuned)') < max(mean('kl (tuned)'), mean('dist (tuned)'))
 
 
 # two-sided 95 % t quantiles by degrees of freedom
@@ -394,18 +420,14 @@ def main(argv: Optional[List[str]] = None):
         full = pair == 'cnn'  # the cross-architecture pair tunes T only, at a smaller scale
         tuned = {m: bench.tune(pair, m, full=full) for m in ('kl', 'dist', 'r2kd')}
         pair_seeds = seeds if full else seeds[:3]
-        finals = [(name, config, seed) for name, config in final_rows(pair, tuned).items() for seed in pair_seeds]
-        shard, shards = args.shard
-        for name, config, seed in finals[shard - 1::shards]:
-            bench.run(pair, 'final', name, config, seed)
-        if shards > 1:
-            continue  # the tables need every shard's runs: --report draws them once all are done
-        rows = {name: [bench.run(pair, 'final', name, config, seed) for seed in pair_seeds]
-                for name, config in final_rows(pair, tuned).items()}
+        rows = bench.finals(pair, final_rows(pair, tuned), pair_seeds)
+        if not full and trails(rows):
+            print(f'{pair}: R2KD trails a baseline; running the diagnostic rows', flush=True)
+            rows.update(bench.finals(pair, diagnostic_rows(tuned), pair_seeds))
         rows_by_pair[pair] = rows
         print('\n' + '\n'.join(f'{m} tuned: {" ".join(c)}' for m, c in tuned.items()))
         print(report(pair, rows) + '\n', flush=True)
-    if rows_by_pair:
+    if args.shard[0] == 1:  # one writer for the figure
         figure(rows_by_pair, Path(args.figure))
     print(f'records: {args.json}; {date.today()}')
 

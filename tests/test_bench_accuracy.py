@@ -62,8 +62,10 @@ def test_shard_flag():
             accuracy._shard(bad)
 
 
-def test_shards_share_the_final_runs_and_wait_for_tuning(tmp_path, monkeypatch):
-    """Two shards in threads, with training faked: every run happens once, tuning only in shard 1."""
+@pytest.mark.parametrize('r2kd_bonus', [0., 10.])
+def test_shards_share_the_runs(tmp_path, monkeypatch, r2kd_bonus):
+    """Two shards in threads, with training faked: every run happens once, the teacher and tuning in shard 1,
+    and the vit pair's diagnostic rows exactly when R2KD trails there."""
     trained = []
 
     def fake_train(self, experiment, argv):
@@ -74,7 +76,7 @@ def test_shards_share_the_final_runs_and_wait_for_tuning(tmp_path, monkeypatch):
             threading.Event().wait(0.05)
         seed = int(argv[argv.index('--seed') + 1])
         t = float(argv[argv.index('--kd-temperature') + 1]) if '--kd-temperature' in argv else 0.
-        fields = {'epoch': 0, 'eval_top1': 50 + seed + t}
+        fields = {'epoch': 0, 'eval_top1': 50 + seed + t + (r2kd_bonus if '--r2kd' in argv else 0.)}
         fields.update({f'eval_top1_{c}_s{s}': 40. for c in accuracy.CORRUPTIONS for s in accuracy.SEVERITIES})
         (folder / 'summary.csv').write_text(','.join(fields) + '\n' + ','.join(map(str, fields.values())) + '\n')
         return folder
@@ -85,8 +87,8 @@ def test_shards_share_the_final_runs_and_wait_for_tuning(tmp_path, monkeypatch):
 
     def shard(k):
         try:
-            accuracy.main(['--quick', '--pair', 'cnn', '--shard', f'{k}/2', '--output', str(tmp_path),
-                           '--json', str(tmp_path / 'a.json')])
+            accuracy.main(['--quick', '--pair', 'cnn', 'vit', '--shard', f'{k}/2', '--output', str(tmp_path),
+                           '--json', str(tmp_path / 'a.json'), '--figure', str(tmp_path / 'a.png')])
         except Exception as e:  # noqa: BLE001 - surfaced by the assert below
             errors.append(e)
 
@@ -96,13 +98,17 @@ def test_shards_share_the_final_runs_and_wait_for_tuning(tmp_path, monkeypatch):
     assert not errors
     names = [name for _, name in trained]
     assert len(names) == len(set(names))  # nothing trained twice
-    assert all(k == 1 for k, name in trained if not name.startswith('cnn_final'))  # teacher + tuning: shard 1
-    assert {k for k, name in trained if name.startswith('cnn_final')} == {1, 2}
+    assert all(k == 1 for k, name in trained if '_final_' not in name)  # teacher + tuning: shard 1
+    for pair in ('cnn', 'vit'):
+        assert {k for k, name in trained if name.startswith(f'{pair}_final')} == {1, 2}
     runs = accuracy.Records(tmp_path / 'a.json').runs
-    finals = [r for r in runs if r['phase'] == 'final']
-    rows = accuracy.final_rows('cnn', {'kl': [], 'dist': [], 'r2kd': []})
-    assert len(finals) == len(rows) * len(accuracy.QUICK['final_seeds'])
-    assert {r['row'] for r in finals} == set(rows)
+    tuned = {'kl': [], 'dist': [], 'r2kd': []}
+    want = {'cnn': (accuracy.final_rows('cnn', tuned), 2), 'vit': (accuracy.final_rows('vit', tuned), 2)}
+    if not r2kd_bonus:  # R2KD trails KL on the vit pair: the diagnostics run too
+        want['vit'][0].update(accuracy.diagnostic_rows(tuned))
+    for pair, (rows, seeds) in want.items():
+        finals = [r for r in runs if r['phase'] == 'final' and r['pair'] == pair]
+        assert sorted(r['row'] for r in finals) == sorted(n for n in rows for _ in range(seeds))
 
 
 def test_records_removed_from_the_file_stay_removed(tmp_path):
