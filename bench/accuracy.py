@@ -134,7 +134,7 @@ class Bench:
     def _wait(self, what: str, ready) -> None:
         """Wait for other shards: for the teacher and the tuning runs (shard 1 trains them), and for their finals."""
         if not ready():
-            print(f'shard {self.shard}/{self.shards}: waiting for shard 1 to finish {what}', flush=True)
+            print(f'shard {self.shard}/{self.shards}: waiting for {what}', flush=True)
         while not ready():
             time.sleep(15)
 
@@ -163,7 +163,7 @@ class Bench:
             return bool(read_summary(folder)) and int(read_summary(folder)[-1]['epoch']) == epochs - 1
 
         if self.shard > 1:
-            self._wait('the teacher', done)
+            self._wait('shard 1 to train the teacher', done)
         if not done():
             print(f'teacher: {TEACHER["model"]} on {TEACHER_SPLIT}, {epochs} epochs', flush=True)
             self._train('teacher', ['--model', TEACHER['model'], '--train-split', TEACHER_SPLIT, '--val-split',
@@ -176,7 +176,7 @@ class Bench:
         """One student run (or its record, if it ran before)."""
         key = _key(pair, phase, row, config, seed)
         if phase == 'tune' and self.shard > 1:
-            self._wait(key, lambda: self.records.reload() or self.records.find(key) is not None)
+            self._wait(f'shard 1 to run {key}', lambda: self.records.reload() or self.records.find(key) is not None)
         self.records.reload()
         found = self.records.find(key)
         if found is not None:
@@ -301,7 +301,8 @@ def report(pair: str, rows: Dict[str, List[Dict]]) -> str:
         return statistics.mean(run['corruption'].values())
 
     base = {r['seed']: r for r in rows['kl (tuned)']}
-    lines = [f'| {pair}: row | top-1 | vs tuned KL (paired, 95 % CI) | robust top-1 (mean of {len(CORRUPTIONS) * len(SEVERITIES)}) '
+    cells = len(CORRUPTIONS) * len(SEVERITIES)
+    lines = [f'| {pair}: row | top-1 | vs tuned KL (paired, 95 % CI) | robust top-1 (mean of {cells}) '
              '| robust vs tuned KL (paired) |', '| --- | ---: | ---: | ---: | ---: |']
     for name, runs in rows.items():
         m, s = _mean_std([r['top1'] for r in runs])
