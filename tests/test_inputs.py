@@ -165,12 +165,12 @@ def test_interrupt_saves_says_where_and_does_not_export(tmp_path, signum):
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env=dict(os.environ, HF_ENDPOINT='http://127.0.0.1:9'))
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 600
         while not (tmp_path / 'stopped' / 'args.yaml').exists() and time.time() < deadline:
             time.sleep(0.1)
         time.sleep(2.0)  # into the first epoch
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
