@@ -295,6 +295,18 @@ def _mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.)
 
 
+def reference_row(name: str) -> Optional[str]:
+    """The row a row is also compared with: an ablation with tuned R2KD, a method plus the view without it,
+    and tuned R2KD with tuned KL given the same view (the losses alone differ)."""
+    if name == 'r2kd (tuned)':
+        return 'kl (tuned) + cutmix view'
+    if name.startswith('r2kd tuned,') or name == 'r2kd (paper defaults)':
+        return 'r2kd (tuned)'
+    if name.endswith(' + cutmix view'):
+        return name[:-len(' + cutmix view')]
+    return None
+
+
 def report(pair: str, rows: Dict[str, List[Dict]]) -> str:
     """Markdown tables: top-1 with paired differences to tuned KL, and top-1 per corruption and severity."""
     def robust(run):
@@ -315,6 +327,15 @@ def report(pair: str, rows: Dict[str, List[Dict]]) -> str:
             robust_diff = '{:+.2f} ± {:.2f}'.format(
                 *paired([robust(r) for r in common], [robust(base[r['seed']]) for r in common]))
         lines.append(f'| {name} | {m:.2f} ± {s:.2f} | {diff} | {rm:.2f} ± {rs:.2f} | {robust_diff} |')
+    lines += ['', f'| {pair}: row | compared with (paired, 95 % CI) | top-1 | robust top-1 |', '| --- | --- | ---: | ---: |']
+    for name, runs in rows.items():
+        ref = {r['seed']: r for r in rows.get(reference_row(name), [])}
+        common = [r for r in runs if r['seed'] in ref]
+        if len(common) > 1:
+            top1 = paired([r['top1'] for r in common], [ref[r['seed']]['top1'] for r in common])
+            rob = paired([robust(r) for r in common], [robust(ref[r['seed']]) for r in common])
+            lines.append(f'| {name} | {reference_row(name)} (n = {len(common)}) | {top1[0]:+.2f} ± {top1[1]:.2f} '
+                         f'| {rob[0]:+.2f} ± {rob[1]:.2f} |')
     lines += ['', f'| {pair}: row | ' + ' | '.join(f'{c} s{s}' for c in CORRUPTIONS for s in SEVERITIES) + ' |',
               '| --- |' + ' ---: |' * (len(CORRUPTIONS) * len(SEVERITIES))]
     for name, runs in rows.items():

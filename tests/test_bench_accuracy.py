@@ -118,3 +118,11 @@ def test_records_removed_from_the_file_stay_removed(tmp_path):
     path.write_text(json.dumps({'runs': []}))  # e.g. a pair's records dropped after its budget changed
     records.add(_record('new'), {})
     assert [r['key'] for r in accuracy.Records(path).runs] == ['new']
+
+
+def test_reference_rows():
+    assert accuracy.reference_row('kl (tuned) + cutmix view') == 'kl (tuned)'
+    assert accuracy.reference_row('dist (tuned) + cutmix view') == 'dist (tuned)'
+    assert accuracy.reference_row('r2kd tuned, hard rank') == 'r2kd (tuned)'
+    assert accuracy.reference_row('r2kd (tuned)') == 'kl (tuned) + cutmix view'
+    assert accuracy.reference_row('student alone') is None
