@@ -1,6 +1,6 @@
 """Accuracy benchmark: R2KD against KL and DIST, tuned alike on a validation split, compared paired by seed.
 
-    python bench/accuracy.py             # the full protocol, about three hours on 2 CPU cores; resumable
+    python bench/accuracy.py             # the full protocol, about five hours on 2 CPU cores; resumable
     python bench/accuracy.py --quick     # every step of it at toy size, a few minutes
 
     # two processes, one core each, sharing the work and the record file (then --report)
@@ -312,7 +312,7 @@ def report(pair: str, rows: Dict[str, List[Dict]]) -> str:
     def robust(run):
         return statistics.mean(run['corruption'].values())
 
-    base = {r['seed']: r for r in rows['kl (tuned)']}
+    base = {r['seed']: r for r in rows.get('kl (tuned)', [])}  # absent while a benchmark is under way
     cells = len(CORRUPTIONS) * len(SEVERITIES)
     lines = [f'| {pair}: row | top-1 | vs tuned KL (paired, 95 % CI) | robust top-1 (mean of {cells}) '
              '| robust vs tuned KL (paired) |', '| --- | ---: | ---: | ---: | ---: |']
@@ -327,15 +327,18 @@ def report(pair: str, rows: Dict[str, List[Dict]]) -> str:
             robust_diff = '{:+.2f} ± {:.2f}'.format(
                 *paired([robust(r) for r in common], [robust(base[r['seed']]) for r in common]))
         lines.append(f'| {name} | {m:.2f} ± {s:.2f} | {diff} | {rm:.2f} ± {rs:.2f} | {robust_diff} |')
-    lines += ['', f'| {pair}: row | compared with (paired, 95 % CI) | top-1 | robust top-1 |', '| --- | --- | ---: | ---: |']
+    compared = []
     for name, runs in rows.items():
         ref = {r['seed']: r for r in rows.get(reference_row(name), [])}
         common = [r for r in runs if r['seed'] in ref]
         if len(common) > 1:
             top1 = paired([r['top1'] for r in common], [ref[r['seed']]['top1'] for r in common])
             rob = paired([robust(r) for r in common], [robust(ref[r['seed']]) for r in common])
-            lines.append(f'| {name} | {reference_row(name)} (n = {len(common)}) | {top1[0]:+.2f} ± {top1[1]:.2f} '
-                         f'| {rob[0]:+.2f} ± {rob[1]:.2f} |')
+            compared.append(f'| {name} | {reference_row(name)} (n = {len(common)}) | {top1[0]:+.2f} ± {top1[1]:.2f} '
+                            f'| {rob[0]:+.2f} ± {rob[1]:.2f} |')
+    if compared:
+        lines += ['', f'| {pair}: row | compared with (paired, 95 % CI) | top-1 | robust top-1 |',
+                  '| --- | --- | ---: | ---: |', *compared]
     lines += ['', f'| {pair}: row | ' + ' | '.join(f'{c} s{s}' for c in CORRUPTIONS for s in SEVERITIES) + ' |',
               '| --- |' + ' ---: |' * (len(CORRUPTIONS) * len(SEVERITIES))]
     for name, runs in rows.items():
@@ -402,8 +405,7 @@ def print_records(records: Records, figure_path: Path) -> None:
     for pair, rows in rows_by_pair.items():
         seeds = {name: len(runs) for name, runs in rows.items()}
         print(f'\n{pair}: final runs per row: {seeds}')
-        if 'kl (tuned)' in rows:
-            print(report(pair, rows))
+        print(report(pair, rows))
     if rows_by_pair:
         figure(rows_by_pair, figure_path)
 
