@@ -91,6 +91,11 @@ class Records:
         """Take in what other processes recorded meanwhile (every record is on disk once added)."""
         self.runs = json.loads(self.path.read_text())['runs'] if self.path.is_file() else []
 
+    def recorded(self, keys: List[str]) -> bool:
+        """Whether all of ``keys`` are on disk now (other processes may have added them)."""
+        self.reload()
+        return all(self.find(k) is not None for k in keys)
+
     def find(self, key: str) -> Optional[Dict]:
         return next((r for r in self.runs if r['key'] == key), None)
 
@@ -176,8 +181,9 @@ class Bench:
         """One student run (or its record, if it ran before)."""
         key = _key(pair, phase, row, config, seed)
         if phase == 'tune' and self.shard > 1:
-            self._wait(f'shard 1 to run {key}', lambda: self.records.reload() or self.records.find(key) is not None)
-        self.records.reload()
+            self._wait(f'shard 1 to run {key}', lambda: self.records.recorded([key]))
+        else:
+            self.records.reload()
         found = self.records.find(key)
         if found is not None:
             return found
@@ -217,7 +223,7 @@ class Bench:
             self.run(pair, 'final', name, config, seed)
         keys = [_key(pair, 'final', name, config, seed) for name, config, seed in todo]
         self._wait(f'the other shards\' {pair} final runs',
-                   lambda: self.records.reload() or all(self.records.find(k) for k in keys))
+                   lambda: self.records.recorded(keys))
         return {name: [self.records.find(_key(pair, 'final', name, config, seed)) for seed in seeds]
                 for name, config in rows.items()}
 
