@@ -91,6 +91,21 @@ def test_distil_with_each_loss(tmp_path, teacher_ckpt, kd_loss):
 
 
 @needs_data
+def test_skipping_the_teacher_evaluation_changes_nothing_else(tmp_path, teacher_ckpt):
+    """--no-teacher-eval saves the teacher's validation passes and trains the same student, weight for weight
+    (training draws its randomness from (seed, epoch, step) alone: sampling.py)."""
+    argv = ['--model', 'test_resnet', '--teacher', 'resnet10t', '--teacher-checkpoint', teacher_ckpt, '--r2kd']
+    checked = main(_base(tmp_path, 'checked', *argv, samples=256))
+    skipped = main(_base(tmp_path, 'skipped', *argv, '--no-teacher-eval', samples=256))
+    assert set(checked['teacher']) == {'teacher', 'pruned_teacher', 'teacher_blend'} and skipped['teacher'] == {}
+    weights = [torch.load(Path(s['output_dir']) / 'last.pth.tar', map_location='cpu', weights_only=False)['state_dict']
+               for s in (checked, skipped)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert checked['results'][0]['validation']['top1'] == skipped['results'][0]['validation']['top1']
+
+
+@needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize('view', ['cutout', 'randaug'])
 def test_r2kd_views_ema_and_corruptions(tmp_path, teacher_ckpt, view):

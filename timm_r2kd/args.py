@@ -312,6 +312,9 @@ def _r2kd_args(parser: argparse.ArgumentParser) -> None:
                    help='fold BatchNorm into the frozen teachers\' convolutions')
     g.add_argument('--allow-weak-teacher', action='store_true', default=False,
                    help='train even if the teacher scores near chance on the validation set')
+    g.add_argument('--no-teacher-eval', action='store_true', default=False,
+                   help='skip evaluating the teacher on the validation set before training (and so the '
+                        'near-chance check): for repeated runs from one teacher already checked')
     g.add_argument('--eval-corruptions', action='store_true', default=False,
                    help='also report top-1 under Gaussian noise, blur, contrast and JPEG corruptions of the val set')
     g.add_argument('--corruption-severities', type=int, nargs='+', default=[1, 2, 3], choices=[1, 2, 3],

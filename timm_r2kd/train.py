@@ -397,12 +397,13 @@ def _loaders(args, data_config, precision, dataset_train, dataset_eval, loader_s
 
 
 def create_checked_teacher(args, data_config, data: Data, precision: Precision):
-    """Phase 4: the teacher (pruned for R2KD), evaluated on the validation set and stopped if near chance."""
+    """Phase 4: the teacher (pruned for R2KD), evaluated on the validation set and stopped if near chance
+    (unless ``--no-teacher-eval``)."""
     if args.teacher is None:
         return None, {}
     teacher = build_teacher(args, data_config, precision.device, precision.model_dtype)
     metrics: Dict[str, Dict[str, float]] = {}
-    if data.loader_eval is not None:
+    if data.loader_eval is not None and not args.no_teacher_eval:
         metrics = evaluate_teacher(teacher, data.loader_eval, args, precision.device, data_config,
                                    precision.amp_autocast, precision.model_dtype)
         check_teacher_accuracy(metrics['teacher']['top1'], args.num_classes, args.allow_weak_teacher)
