@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 from timm_r2kd.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD  # noqa: E402
 from timm_r2kd.hub import read_summary  # noqa: E402
 from timm_r2kd.robustness import CORRUPTIONS, SEVERITIES  # noqa: E402
+from timm_r2kd.teacher import check_teacher_accuracy  # noqa: E402
 
 TEACHER_SPLIT, STUDENT_SPLIT, VAL_SPLIT, TEST_SPLIT = 'train[:50000]', 'train[:4000]', 'train[50000:]', 'test'
 TUNE_SEED, FINAL_SEEDS = 100, (0, 1, 2, 3, 4)
@@ -137,7 +138,7 @@ class Bench:
         self.shard, self.shards = args.shard
 
     def _wait(self, what: str, ready) -> None:
-        """Wait for other shards: for the teacher and the tuning runs (shard 1 trains them), and for their finals."""
+        """Wait for other shards: for the teacher (shard 1 trains it) and for their share of each stage's runs."""
         if not ready():
             print(f'shard {self.shard}/{self.shards}: waiting for {what}', flush=True)
         while not ready():
@@ -174,16 +175,15 @@ class Bench:
             self._train('teacher', ['--model', TEACHER['model'], '--train-split', TEACHER_SPLIT, '--val-split',
                                     VAL_SPLIT, '--epochs', str(epochs), '-b', str(TEACHER['batch']), '--seed', '0',
                                     *samples, *TEACHER['opt']])
+        # checked here once, on the validation split: the student runs skip the check (--no-teacher-eval)
+        check_teacher_accuracy(float(read_summary(folder)[-1]['eval_top1']), 10, allow_weak=self.quick)
         self.teacher = str(folder / 'last.pth.tar')
         return self.teacher
 
     def run(self, pair: str, phase: str, row: str, config: List[str], seed: int) -> Dict:
         """One student run (or its record, if it ran before)."""
         key = _key(pair, phase, row, config, seed)
-        if phase == 'tune' and self.shard > 1:
-            self._wait(f'shard 1 to run {key}', lambda: self.records.recorded([key]))
-        else:
-            self.records.reload()
+        self.records.reload()
         found = self.records.find(key)
         if found is not None:
             return found
@@ -198,12 +198,13 @@ class Bench:
         argv = ['--model', budget['model'], '--train-split', STUDENT_SPLIT, '--train-num-samples', str(samples),
                 '--val-split', split, '--epochs', str(epochs), '--val-interval', str(epochs), '-b', str(budget['batch']),
                 '--seed', str(seed), *budget['opt'], *config]
-        if self.quick:  # a one-epoch teacher on 2,048 images is near chance under some eval transforms
-            argv += ['--val-num-samples', str(QUICK['val_samples']), '--allow-weak-teacher']
+        if self.quick:
+            argv += ['--val-num-samples', str(QUICK['val_samples'])]
         if phase == 'final':
             argv += ['--eval-corruptions', '--corruption-severities', *map(str, SEVERITIES)]
         if config and config[0] in ('--kd-loss', '--r2kd'):
-            argv += ['--teacher', TEACHER['model'], '--teacher-checkpoint', self.teacher]
+            # checked once after its training (train_teacher), not again before each run
+            argv += ['--teacher', TEACHER['model'], '--teacher-checkpoint', self.teacher, '--no-teacher-eval']
         name = f'{pair}_{phase}_{hashlib.sha1(key.encode()).hexdigest()[:12]}'  # stable across processes
         start = time.time()
         last = read_summary(self._train(name, argv))[-1]
@@ -216,33 +217,47 @@ class Bench:
               flush=True)
         return record
 
-    def finals(self, pair: str, rows: Dict[str, List[str]], seeds) -> Dict[str, List[Dict]]:
-        """This shard's share of the final runs of ``rows``; then, once every shard's are in, all of their records."""
-        todo = [(name, config, seed) for name, config in rows.items() for seed in seeds]
-        for name, config, seed in todo[self.shard - 1::self.shards]:
-            self.run(pair, 'final', name, config, seed)
-        keys = [_key(pair, 'final', name, config, seed) for name, config, seed in todo]
-        self._wait(f'the other shards\' {pair} final runs',
-                   lambda: self.records.recorded(keys))
-        return {name: [self.records.find(_key(pair, 'final', name, config, seed)) for seed in seeds]
-                for name, config in rows.items()}
+    def share(self, pair: str, phase: str, todo: List[tuple]) -> List[Dict]:
+        """This shard's share of the runs ``todo`` ((row, config, seed) each); then, once every shard's are
+        in, the records of all of them, in order. Every shard must be given the same list."""
+        for row, config, seed in todo[self.shard - 1::self.shards]:
+            self.run(pair, phase, row, config, seed)
+        keys = [_key(pair, phase, *run) for run in todo]
+        self._wait(f"the other shards' {pair} {phase} runs", lambda: self.records.recorded(keys))
+        return [self.records.find(k) for k in keys]
 
-    def tune(self, pair: str, method: str, full: bool = True) -> List[str]:
-        """The method's configuration picked on the validation split under the shared budget."""
+    def finals(self, pair: str, rows: Dict[str, List[str]], seeds) -> Dict[str, List[Dict]]:
+        """The final runs of ``rows`` on ``seeds``, shared among the shards: their records by row."""
+        records = iter(self.share(pair, 'final', [(name, config, seed) for name, config in rows.items()
+                                                  for seed in seeds]))
+        return {name: [next(records) for _ in seeds] for name in rows}
+
+    def tune(self, pair: str, full: bool = True) -> Dict[str, List[str]]:
+        """Each method's configuration picked on the validation split under the shared budget.
+
+        The methods are tuned side by side, one stage at a time (T, then the weight at the best T, then
+        R2KD's soft-rank width), so that the shards share each stage's runs.
+        """
         temperatures = QUICK['temperatures'] if self.quick else TEMPERATURES
         weights = QUICK['weights'] if self.quick else WEIGHTS
         widths = QUICK['widths'] if self.quick else WIDTHS
-
-        def score(t, w, width):
-            config = _config(method, t, w, width)
-            return self.run(pair, 'tune', f'{method} tuning', config, TUNE_SEED)['top1'], config
-
-        t = max(temperatures, key=lambda t: score(t, 1, 0.5)[0])
-        if not full:
-            return score(t, 1, 0.5)[1]
-        w = max(weights, key=lambda w: score(t, w, 0.5)[0])
-        width = max(widths, key=lambda s: score(t, w, s)[0]) if method == 'r2kd' else 0.5
-        return score(t, w, width)[1]
+        best = {m: dict(t=None, w=1, width=0.5) for m in METHOD_FLAGS}
+        stages = [('t', temperatures, list(METHOD_FLAGS))]
+        if full:
+            stages += [('w', weights, list(METHOD_FLAGS)), ('width', widths, ['r2kd'])]
+        done = set()
+        for name, values, methods in stages:
+            todo = [(m, v, _config(m, **dict(best[m], **{name: v}))) for m in methods for v in values]
+            # runs of an earlier stage (weight 1 at the best T) are not shared out again: every shard knows them
+            fresh = list({_key(pair, 'tune', f'{m} tuning', c, TUNE_SEED): (f'{m} tuning', c, TUNE_SEED)
+                          for m, _, c in todo}.items())
+            self.share(pair, 'tune', [run for key, run in fresh if key not in done])
+            done.update(key for key, _ in fresh)
+            for m in methods:
+                scored = [(v, self.records.find(_key(pair, 'tune', f'{m} tuning', c, TUNE_SEED))['top1'])
+                          for m2, v, c in todo if m2 == m]
+                best[m][name] = max(scored, key=lambda vs: vs[1])[0]  # the first of equals, in grid order
+        return {m: _config(m, **best[m]) for m in METHOD_FLAGS}
 
 
 def _key(pair: str, phase: str, row: str, config: List[str], seed: int) -> str:
@@ -432,8 +447,9 @@ def main(argv: Optional[List[str]] = None):
     parser.add_argument('--pair', nargs='+', default=['cnn', 'vit'], choices=sorted(PAIRS))
     parser.add_argument('--quick', action='store_true', help='every step at toy size (minutes)')
     parser.add_argument('--shard', type=_shard, default=(1, 1), metavar='K/N',
-                        help='run every N-th final run starting at the K-th, so N processes (one core each) share '
-                             'the work; shard 1 trains the teacher and the tuning runs, the others wait for them')
+                        help='run every N-th run of each stage (tuning by T, by weight, by width; the final runs) '
+                             'starting at the K-th, so N processes (one core each) share the work; shard 1 trains '
+                             'the teacher, the others wait for it')
     parser.add_argument('--report', action='store_true',
                         help='print the tables (and draw the figure) from the records so far; run nothing')
     args = parser.parse_args(argv)
@@ -448,7 +464,7 @@ def main(argv: Optional[List[str]] = None):
     rows_by_pair = {}
     for pair in args.pair:
         full = pair == 'cnn'  # the cross-architecture pair tunes T only, at a smaller scale
-        tuned = {m: bench.tune(pair, m, full=full) for m in ('kl', 'dist', 'r2kd')}
+        tuned = bench.tune(pair, full=full)
         pair_seeds = seeds if full else seeds[:3]
         rows = bench.finals(pair, final_rows(pair, tuned), pair_seeds)
         if not full and trails(rows):
