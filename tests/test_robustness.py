@@ -112,3 +112,50 @@ def test_higher_severity_degrades_more(name):
     assert change[0] < change[1] < change[2]
     with pytest.raises(ValueError, match='severity'):
         corrupt(x, name, MEAN, STD, severity=4)
+
+
+class _CountedImages(torch.utils.data.Dataset):
+    """Normalised random images with labels; counts the reads."""
+
+    def __init__(self, n=40):
+        self.images = _normalised(_pixels(n, size=16, seed=1))[0]
+        self.labels = torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(2))
+        self.reads = 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.images[i], self.labels[i]
+
+
+@pytest.mark.parametrize('budget', [1 << 30, 600, 0])  # all kept; foretold too large after one batch; none
+def test_corruption_passes_read_the_set_once_when_it_fits(monkeypatch, budget):
+    """--eval-corruptions' twelve passes give the same numbers from kept batches, reading the set once."""
+    import argparse
+    from timm_r2kd import loop
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    args = argparse.Namespace(prefetcher=False, channels_last=False, tta=0, log_interval=100, distributed=False,
+                              rank=0, corruption_severities=[1, 2, 3])
+
+    def run(cache_bytes):
+        monkeypatch.setattr(loop, '_CACHE_BYTES', cache_bytes)
+        data = _CountedImages()
+        loader = torch.utils.data.DataLoader(data, batch_size=8)
+        results = loop.validate_corruptions(model, loader, args, torch.device('cpu'), dict(mean=MEAN, std=STD))
+        return results, data.reads
+
+    reread, reads = run(-1)
+    assert reads == 8 + 12 * 40  # the first batch, read to size the set, then twelve passes
+    kept, reads = run(budget)
+    assert kept == reread  # exactly: same batches, same corruption seeds
+    # kept: one pass; else as above
+    assert reads == (40 if budget > 40 * (3 * 16 * 16 * 4 + 8) else 8 + 12 * 40)
+    loader = torch.utils.data.DataLoader(_CountedImages(), batch_size=8)
+    kept = loop.cache_batches(loader)
+    assert len(kept) == len(loader) and kept.sampler is loader.sampler  # the evaluators' sample limit reads it
+    for _ in range(2):  # the batches the loader reads, in its order, each time
+        assert all(torch.equal(x, x_read) and torch.equal(y, y_read) for (x, y), (x_read, y_read) in zip(kept, loader))

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from contextlib import suppress
 from datetime import timedelta
+from typing import List, Tuple
 
 import torch
 import torchvision.utils
@@ -363,6 +364,45 @@ def validate(
     return metrics
 
 
+# Validation sets up to this size are read once for all of --eval-corruptions' passes (twelve by default)
+# and kept in memory (on the device the loader delivers to); larger ones are read again for each pass.
+_CACHE_BYTES = 512 << 20
+
+
+class _CachedBatches:
+    """A loader's batches, kept: iterated like the loader, with its sampler (``evaluation_sample_limit``)."""
+
+    def __init__(self, batches: List[Tuple[torch.Tensor, torch.Tensor]], sampler):
+        self.batches = batches
+        self.sampler = sampler
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def cache_batches(loader):
+    """The loader's batches in memory, or the loader itself where they would take more than ``_CACHE_BYTES``.
+
+    The evaluation transforms draw nothing at random and the sampler is sequential, so the kept batches
+    are the ones each pass would read; a pass over them is the pass over the loader without the decoding.
+    """
+    try:
+        num_batches = len(loader)
+    except TypeError:  # an iterable dataset of unknown length
+        num_batches = None
+    batches, size = [], 0
+    for input, target in loader:
+        size += input.nelement() * input.element_size() + target.nelement() * target.element_size()
+        # after the first batch, its size times their number foretells a set too large to keep
+        if size > _CACHE_BYTES or (not batches and num_batches is not None and size * num_batches > _CACHE_BYTES):
+            return loader
+        batches.append((input, target))
+    return _CachedBatches(batches, getattr(loader, 'sampler', None))
+
+
 def validate_corruptions(
         model,
         loader,
@@ -375,6 +415,7 @@ def validate_corruptions(
     """Top-1 under each corruption of ``robustness.CORRUPTIONS`` at each of ``args.corruption_severities``,
     and their mean (R2KD's robustness); keys ``top1_<corruption>_s<severity>`` and ``top1_corrupt_mean``."""
     results = OrderedDict()
+    loader = cache_batches(loader)
     for name in CORRUPTIONS:
         for severity in args.corruption_severities:
             metrics = validate(model, loader, args, device, amp_autocast, model_dtype,
