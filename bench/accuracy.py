@@ -25,8 +25,9 @@ Protocol (docs/benchmarks.md has the results):
   teacher, Pearson instead of the uncentred cosine) to find the part responsible.
 
 Each run is train_r2kd.py in its own process; each finished run is appended to the JSON record
-file at once (row, configuration, seed, split, top-1, corruption results, seconds), and runs found
-there are not repeated, so an interrupted benchmark resumes where it stopped.
+file at once (row, configuration, seed, split, top-1, corruption results, seconds, and a digest of the
+pair's budget), and runs found there are not repeated, so an interrupted benchmark resumes where it
+stopped; a run recorded under another budget (the pair's model, schedule or data changed) is an error.
 """
 import argparse
 import fcntl
@@ -180,14 +181,23 @@ class Bench:
         self.teacher = str(folder / 'last.pth.tar')
         return self.teacher
 
+    def _current(self, record: Optional[Dict], pair: str) -> Optional[Dict]:
+        """``record``, unless it was made under another budget than the pair's now (an error: never mixed in)."""
+        if record is not None and record.get('budget') != budget_id(pair, self.quick):
+            raise RuntimeError(
+                f"{record['key']} is recorded in {self.records.path} under another budget: the pair's model, "
+                f"schedule or data, the teacher or the common flags have changed since. Move the {pair} pair's "
+                f"records out of that file (or pass --json a new file) to run them again.")
+        return record
+
     def run(self, pair: str, phase: str, row: str, config: List[str], seed: int) -> Dict:
         """One student run (or its record, if it ran before)."""
         key = _key(pair, phase, row, config, seed)
         self.records.reload()
-        found = self.records.find(key)
+        found = self._current(self.records.find(key), pair)
         if found is not None:
             return found
-        same = self.records.find_run(pair, phase, config, seed)
+        same = self._current(self.records.find_run(pair, phase, config, seed), pair)
         if same is not None:  # another row with the same configuration (e.g. tuned = paper defaults)
             record = dict(same, key=key, row=row)
             self.records.add(record, self.meta)
@@ -209,7 +219,8 @@ class Bench:
         start = time.time()
         last = read_summary(self._train(name, argv))[-1]
         record = dict(key=key, pair=pair, phase=phase, row=row, config=config, seed=seed, split=split,
-                      top1=last['eval_top1'], seconds=round(time.time() - start, 1), run=name,
+                      budget=budget_id(pair, self.quick), top1=last['eval_top1'],
+                      seconds=round(time.time() - start, 1), run=name,
                       corruption={f'{c}_s{s}': last[f'eval_top1_{c}_s{s}'] for c in CORRUPTIONS for s in SEVERITIES
                                   if f'eval_top1_{c}_s{s}' in last})
         self.records.add(record, self.meta)
@@ -258,6 +269,13 @@ class Bench:
                           for m2, v, c in todo if m2 == m]
                 best[m][name] = max(scored, key=lambda vs: vs[1])[0]  # the first of equals, in grid order
         return {m: _config(m, **best[m]) for m in METHOD_FLAGS}
+
+
+def budget_id(pair: str, quick: bool = False) -> str:
+    """A digest of what a pair's runs depend on besides their row's flags and seed (the record key's parts)."""
+    spec = dict(student=PAIRS[pair], teacher=TEACHER, common=COMMON, quick=QUICK if quick else None,
+                splits=[TEACHER_SPLIT, STUDENT_SPLIT, VAL_SPLIT, TEST_SPLIT], severities=SEVERITIES)
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _key(pair: str, phase: str, row: str, config: List[str], seed: int) -> str:

@@ -140,3 +140,24 @@ def test_trails_by_top1_or_by_robust_top1():
     assert accuracy.trails(rows)
     rows['r2kd (tuned)'] = runs(75., 65.)  # behind DIST on top-1
     assert accuracy.trails(rows)
+
+
+def test_records_of_another_budget_are_refused(tmp_path, monkeypatch):
+    """A record made before the pair's budget changed is an error naming the fix, never reused."""
+    def no_training(self, experiment, argv):
+        raise AssertionError('recorded runs are not trained again')
+
+    monkeypatch.setattr(accuracy.Bench, '_train', no_training)
+    config = accuracy._config('kl', 2, 1, 0.5)
+    key = accuracy._key('cnn', 'tune', 'kl tuning', config, 100)
+    path = tmp_path / 'a.json'
+    record = dict(_record(key), phase='tune', config=config, seed=100, budget=accuracy.budget_id('cnn'))
+    accuracy.Records(path).add(record, {})
+    bench = accuracy.Bench(argparse.Namespace(quick=False, output=str(tmp_path), json=str(path), shard=(1, 1)))
+    assert bench.run('cnn', 'tune', 'kl tuning', config, 100)['top1'] == 1.0
+    # the same configuration under another row name is reused too (e.g. tuned R2KD = the paper's defaults)
+    assert bench.run('cnn', 'tune', 'other row', config, 100)['top1'] == 1.0
+    monkeypatch.setitem(accuracy.PAIRS, 'cnn', dict(accuracy.PAIRS['cnn'], epochs=9))
+    for row in ('kl tuning', 'another row'):
+        with pytest.raises(RuntimeError, match='under another budget.*Move the cnn pair'):
+            bench.run('cnn', 'tune', row, config, 100)
