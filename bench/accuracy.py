@@ -1,6 +1,6 @@
 """Accuracy benchmark: R2KD against KL and DIST, tuned alike on a validation split, compared paired by seed.
 
-    python bench/accuracy.py             # the full protocol, about five hours on 2 CPU cores; resumable
+    python bench/accuracy.py             # the full protocol, hours (docs/benchmarks.md, Cost); resumable
     python bench/accuracy.py --quick     # every step of it at toy size, a few minutes
 
     # two processes, one core each, sharing the work and the record file (then --report)
@@ -400,10 +400,10 @@ def report(pair: str, rows: Dict[str, List[Dict]]) -> str:
 
 
 def _panels(rows_by_pair: Dict[str, Dict[str, List[Dict]]]):
-    """(title, rows) per panel: the cnn pair's methods and its R2KD ablations apart, so eleven lines stay legible."""
+    """(title, rows) per panel: a pair's methods and its R2KD ablations apart, so eleven lines stay legible."""
     for pair, rows in rows_by_pair.items():
         ablations = [n for n in rows if n.startswith('r2kd tuned,')]
-        if pair == 'cnn' and ablations:
+        if ablations:
             yield f'{pair} student: methods', {n: r for n, r in rows.items() if n not in ablations}
             yield f'{pair} student: R2KD ablations', {n: rows[n] for n in ['kl (tuned)', 'r2kd (tuned)', *ablations]
                                                          if n in rows}
@@ -422,10 +422,15 @@ def figure(rows_by_pair: Dict[str, Dict[str, List[Dict]]], path: Path) -> None:
         return
     panels = list(_panels(rows_by_pair))
     names = list(dict.fromkeys(n for _, rows in panels for n in rows))
-    # a row keeps its colour and line style across panels; past ten rows the colours repeat dashed
-    styles = {n: (plt.get_cmap('tab10')(i % 10), '-' if i < 10 else '--') for i, n in enumerate(names)}
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
-    for ax, (title, rows) in zip(axes[0], panels):
+    # a row keeps its colour across panels: ten of tab10, then Dark2's eight dashed (then again)
+    colours = [*plt.get_cmap('tab10').colors, *plt.get_cmap('Dark2').colors]
+    styles = {n: (colours[i % len(colours)], '-' if i % len(colours) < 10 else '--') for i, n in enumerate(names)}
+    columns = min(2, len(panels))
+    grid = (len(panels) + columns - 1) // columns
+    fig, axes = plt.subplots(grid, columns, figsize=(6.5 * columns, 5 * grid), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, rows) in zip(axes.flat, panels):
         for name, runs in rows.items():
             per_seed = [[r['top1']] + [statistics.mean(r['corruption'][f'{c}_s{s}'] for c in CORRUPTIONS)
                                        for s in SEVERITIES] for r in runs]
