@@ -351,9 +351,9 @@ def _mean_std(values):
 
 def reference_rows(name: str) -> List[str]:
     """The rows a row is also compared with: an ablation with tuned R2KD, a method plus the view without it,
-    and tuned R2KD with tuned KL given the same view (the losses alone differ) and with tuned DIST."""
+    and tuned R2KD with tuned KL and DIST given the same view (the losses alone differ) and with tuned DIST."""
     if name == 'r2kd (tuned)':
-        return ['kl (tuned) + cutmix view', 'dist (tuned)']
+        return ['kl (tuned) + cutmix view', 'dist (tuned) + cutmix view', 'dist (tuned)']
     if name.startswith('r2kd tuned,') or name == 'r2kd (paper defaults)':
         return ['r2kd (tuned)']
     if name.endswith(' + cutmix view'):
