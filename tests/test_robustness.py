@@ -1,4 +1,5 @@
 """Corruptions of the robustness evaluation: each degrades by its documented amount, reproducibly, in range."""
+import argparse
 import io
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from timm_r2kd import loop
 from timm_r2kd.robustness import CORRUPTIONS, SEVERITIES, corrupt
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
@@ -133,8 +135,6 @@ class _CountedImages(torch.utils.data.Dataset):
 @pytest.mark.parametrize('budget', [1 << 30, 600, 0])  # all kept; foretold too large after one batch; none
 def test_corruption_passes_read_the_set_once_when_it_fits(monkeypatch, budget):
     """--eval-corruptions' twelve passes give the same numbers from kept batches, reading the set once."""
-    import argparse
-    from timm_r2kd import loop
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten(), torch.nn.Linear(4, 5))
