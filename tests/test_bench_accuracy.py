@@ -162,3 +162,54 @@ def test_records_of_another_budget_are_refused(tmp_path, monkeypatch):
     for row in ('kl tuning', 'another row'):
         with pytest.raises(RuntimeError, match='under another budget.*Move the cnn pair'):
             bench.run('cnn', 'tune', row, config, 100)
+
+
+def test_shards_tune_stage_by_stage(tmp_path, monkeypatch):
+    """The full tuning grid shared by two shards: each run once, the weight tried at the best T, the width at
+    the best T and weight, and the picks those of a known validation score (ties: the first in grid order)."""
+    best_t = {'--kd-loss kl': 1., '--kd-loss dist': 4., '--r2kd': 2.}
+    trained = []
+
+    def flag(argv, name, default):
+        return float(argv[argv.index(name) + 1]) if name in argv else default
+
+    def fake_train(self, experiment, argv):
+        folder = self.out / experiment
+        folder.mkdir(parents=True, exist_ok=True)
+        trained.append((self.shard, experiment, tuple(argv)))
+        threading.Event().wait(0.02)
+        method = next(m for m in best_t if m.split()[-1] in argv)
+        t = flag(argv, '--kd-temperature', flag(argv, '--r2kd-temperature', 0.))
+        # the weight scores 0.5 and 2 alike: the first, 0.5, is picked
+        top1 = 80 - abs(t - best_t[method]) - abs(abs(flag(argv, '--distill-loss-weight', 1) - 1.25) - 0.75) \
+            - abs(flag(argv, '--r2kd-rank-smoothing', 0.5) - 0.25)
+        (folder / 'summary.csv').write_text(f'epoch,eval_top1\n0,{top1}\n')
+        return folder
+
+    monkeypatch.setattr(accuracy.Bench, '_train', fake_train)
+    monkeypatch.setattr(accuracy.time, 'sleep', lambda s: threading.Event().wait(0.01))
+    picks, errors = {}, []
+
+    def shard(k):
+        args = argparse.Namespace(quick=False, output=str(tmp_path), json=str(tmp_path / 'a.json'), shard=(k, 2),
+                                  data_dir=str(tmp_path))
+        try:
+            picks[k] = accuracy.Bench(args).tune('cnn', full=True)
+        except Exception as e:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=shard, args=(k,), daemon=True) for k in (1, 2)]
+    [t.start() for t in threads]
+    [t.join(30) for t in threads]
+    assert not any(t.is_alive() for t in threads), 'a shard waits for runs no shard does'
+    assert not errors and picks[1] == picks[2]
+    assert picks[1] == {'kl': accuracy._config('kl', 1, 0.5, 0.5), 'dist': accuracy._config('dist', 4, 0.5, 0.5),
+                        'r2kd': accuracy._config('r2kd', 2, 0.5, 0.25)}
+    names = [name for _, name, _ in trained]
+    assert len(names) == len(set(names)) == 4 * 3 + 2 * 3 + 2  # T grid, then two new weights, two new widths
+    assert {k for k, _, _ in trained} == {1, 2}
+    r2kd = [argv for _, _, argv in trained if '--r2kd' in argv]
+    # weights tried at R2KD's best T (2), widths at its best T and weight (0.5)
+    assert sorted(flag(a, '--distill-loss-weight', 1) for a in r2kd if flag(a, '--r2kd-temperature', 0) == 2) == \
+        [0.5, 0.5, 0.5, 1, 2]
+    assert all(flag(a, '--r2kd-temperature', 0) == 2 for a in r2kd if flag(a, '--distill-loss-weight', 1) != 1)
