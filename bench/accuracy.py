@@ -259,16 +259,14 @@ class Bench:
             stages += [('w', weights, list(METHOD_FLAGS)), ('width', widths, ['r2kd'])]
         done = set()
         for name, values, methods in stages:
-            todo = [(m, v, _config(m, **dict(best[m], **{name: v}))) for m in methods for v in values]
-            # runs of an earlier stage (weight 1 at the best T) are not shared out again: every shard knows them
-            fresh = list({_key(pair, 'tune', f'{m} tuning', c, TUNE_SEED): (f'{m} tuning', c, TUNE_SEED)
-                          for m, _, c in todo}.items())
-            self.share(pair, 'tune', [run for key, run in fresh if key not in done])
-            done.update(key for key, _ in fresh)
-            for m in methods:
-                scored = [(v, self.records.find(_key(pair, 'tune', f'{m} tuning', c, TUNE_SEED))['top1'])
-                          for m2, v, c in todo if m2 == m]
-                best[m][name] = max(scored, key=lambda vs: vs[1])[0]  # the first of equals, in grid order
+            runs = {(m, v): (f'{m} tuning', _config(m, **dict(best[m], **{name: v})), TUNE_SEED)
+                    for m in methods for v in values}
+            keys = {mv: _key(pair, 'tune', *run) for mv, run in runs.items()}
+            # runs of an earlier stage (weight 1 at the best T) are not shared out again: every shard has them
+            self.share(pair, 'tune', [run for mv, run in runs.items() if keys[mv] not in done])
+            done.update(keys.values())
+            for m in methods:  # the first of equals, in grid order
+                best[m][name] = max(values, key=lambda v: self.records.find(keys[m, v])['top1'])
         return {m: _config(m, **best[m]) for m in METHOD_FLAGS}
 
 
