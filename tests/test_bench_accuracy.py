@@ -63,6 +63,23 @@ def test_shard_flag():
             accuracy._shard(bad)
 
 
+def _run_shards(shard, order=(1, 2)):
+    """Run ``shard(k)`` for each k in threads started in that order; fail on an error or a shard still waiting."""
+    errors = []
+
+    def target(k):
+        try:
+            shard(k)
+        except Exception as e:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=target, args=(k,), daemon=True) for k in order]
+    [t.start() for t in threads]
+    [t.join(30) for t in threads]
+    assert not any(t.is_alive() for t in threads), 'a shard waits for runs no shard does'
+    assert not errors
+
+
 @pytest.mark.parametrize('r2kd_bonus', [0., 10.])
 def test_shards_share_the_runs(tmp_path, monkeypatch, r2kd_bonus):
     """Two shards in threads, with training faked: every run happens once, the teacher in shard 1, each
@@ -84,20 +101,12 @@ def test_shards_share_the_runs(tmp_path, monkeypatch, r2kd_bonus):
 
     monkeypatch.setattr(accuracy.Bench, '_train', fake_train)
     monkeypatch.setattr(accuracy.time, 'sleep', lambda s: threading.Event().wait(0.01))
-    errors = []
 
     def shard(k):
-        try:
-            accuracy.main(['--quick', '--pair', 'cnn', 'vit', '--shard', f'{k}/2', '--output', str(tmp_path),
-                           '--json', str(tmp_path / 'a.json'), '--figure', str(tmp_path / 'a.png')])
-        except Exception as e:  # noqa: BLE001 - surfaced by the assert below
-            errors.append(e)
+        accuracy.main(['--quick', '--pair', 'cnn', 'vit', '--shard', f'{k}/2', '--output', str(tmp_path),
+                       '--json', str(tmp_path / 'a.json'), '--figure', str(tmp_path / 'a.png')])
 
-    threads = [threading.Thread(target=shard, args=(k,), daemon=True) for k in (2, 1)]  # shard 2 starts first and must wait
-    [t.start() for t in threads]
-    [t.join(30) for t in threads]
-    assert not any(t.is_alive() for t in threads), 'a shard waits for runs no shard does'
-    assert not errors
+    _run_shards(shard, order=(2, 1))  # shard 2 starts first and must wait
     names = [name for _, name in trained]
     assert len(names) == len(set(names))  # nothing trained twice
     assert [k for k, name in trained if name == 'teacher'] == [1]
@@ -188,21 +197,15 @@ def test_shards_tune_stage_by_stage(tmp_path, monkeypatch):
 
     monkeypatch.setattr(accuracy.Bench, '_train', fake_train)
     monkeypatch.setattr(accuracy.time, 'sleep', lambda s: threading.Event().wait(0.01))
-    picks, errors = {}, []
+    picks = {}
 
     def shard(k):
         args = argparse.Namespace(quick=False, output=str(tmp_path), json=str(tmp_path / 'a.json'), shard=(k, 2),
                                   data_dir=str(tmp_path))
-        try:
-            picks[k] = accuracy.Bench(args).tune('cnn', full=True)
-        except Exception as e:  # noqa: BLE001 - surfaced by the assert below
-            errors.append(e)
+        picks[k] = accuracy.Bench(args).tune('cnn', full=True)
 
-    threads = [threading.Thread(target=shard, args=(k,), daemon=True) for k in (1, 2)]
-    [t.start() for t in threads]
-    [t.join(30) for t in threads]
-    assert not any(t.is_alive() for t in threads), 'a shard waits for runs no shard does'
-    assert not errors and picks[1] == picks[2]
+    _run_shards(shard)
+    assert picks[1] == picks[2]
     assert picks[1] == {'kl': accuracy._config('kl', 1, 0.5, 0.5), 'dist': accuracy._config('dist', 4, 0.5, 0.5),
                         'r2kd': accuracy._config('r2kd', 2, 0.5, 0.25)}
     names = [name for _, name, _ in trained]
